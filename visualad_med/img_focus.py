@@ -125,7 +125,7 @@ def convert(path: Path) -> dict[str, torch.Tensor]:
             timm[block + f"norm2.{part}"] = hf[layer + f"norm2.{part}"]
         timm[block + "ls1.gamma"] = hf[layer + "layer_scale1.lambda1"]
         timm[block + "ls2.gamma"] = hf[layer + "layer_scale2.lambda1"]
-    return {name: torch.from_numpy(np.array(array, dtype=np.float32)) for name, array in timm.items()}
+    return {name: torch.from_numpy(np.array(array, dtype=np.float32, order="C")) for name, array in timm.items()}
 
 
 def cached_weights() -> Path:

@@ -141,9 +141,13 @@ class VisualAD(nn.Module):
 
     def preprocess(self, image) -> torch.Tensor:
         """Turn a PIL image or uint8 array (grey, RGB or RGBA) into a normalised ``(3, S, S)`` tensor."""
-        from .datasets.images import to_model_tensor
+        from PIL import Image
 
-        return to_model_tensor(image, self.image_size, self.config.mean, self.config.std)
+        from .datasets.images import image_to_tensor
+
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(image)
+        return image_to_tensor(image, self.image_size, self.config.mean, self.config.std)
 
     def save_head(self, path: str | Path) -> Path:
         """Write the trained tensors and :class:`HeadConfig` (safetensors + JSON)."""

@@ -14,6 +14,7 @@ import logging
 import zipfile
 from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 from safetensors.torch import load_file
@@ -101,6 +102,18 @@ def load_into(vit: VisionTransformer, state: dict[str, torch.Tensor], source: st
         raise BackboneWeightsError(f"weights from {source} lack {len(missing)} backbone tensors, e.g. {missing[:5]}")
 
 
+def _hub_cache_file(name: str) -> Path | None:
+    """The Hugging Face cache's copy of timm weights ``name`` (``arch.tag``), looked up without network."""
+    config = timm.models.get_pretrained_cfg(name)
+    if config is None or not config.hf_hub_id:
+        return None
+    for filename in ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
+        found = huggingface_hub.try_to_load_from_cache(config.hf_hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
 def load_pretrained(vit: VisionTransformer, timm_name: str, tag: str) -> None:
     """Fill ``vit`` from the offline source for ``tag`` or from the timm / Hugging Face cache.
 
@@ -115,12 +128,19 @@ def load_pretrained(vit: VisionTransformer, timm_name: str, tag: str) -> None:
             raise BackboneWeightsError(f"{error}; or pass --backbone-weights FILE") from error
         load_into(vit, read_state_dict(path), str(path))
         return
+    cached = _hub_cache_file(f"{timm_name}.{tag}")
+    if cached is not None:
+        load_into(vit, read_state_dict(cached), str(cached))
+        return
     try:
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            raise ConnectionError("HF_HUB_OFFLINE is set")
         pretrained = timm.create_model(f"{timm_name}.{tag}", pretrained=True, num_classes=0)
     except Exception as error:
         raise BackboneWeightsError(
             f"no weights for {timm_name}.{tag}: the timm / Hugging Face cache has none and the hub is "
             f"unreachable ({type(error).__name__}). Pass --backbone-weights FILE (.safetensors, .pth, or an "
-            "OpenAI CLIP .pt archive), or use the offline backbone 'dinov2-s14'."
+            "OpenAI CLIP .pt archive), or use the offline backbone 'dinov2-s14'. Set HF_HUB_OFFLINE=1 to skip "
+            "the download attempt."
         ) from error
     load_into(vit, pretrained.state_dict(), f"the timm cache ({timm_name}.{tag})")

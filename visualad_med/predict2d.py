@@ -1,0 +1,75 @@
+"""2D prediction: images in, heat-map overlay PNGs and JSON scores out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .datasets.images import image_to_tensor, read_rgb
+from .model import VisualAD
+from .overlay import heat_overlay, save_png
+from .runtime import autocast
+
+logger = logging.getLogger(__name__)
+
+
+def predict_image(model: VisualAD, rgb: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
+    """Anomaly map and score of one image.
+
+    Args:
+        model: in eval mode, on ``device``.
+        rgb: ``(H, W, 3)`` uint8.
+
+    Returns:
+        ``(map, score)``: the ``(H, W)`` float32 smoothed map, computed at model
+        resolution and resized bilinearly to the image; the model's image score.
+    """
+    config = model.config
+    tensor = image_to_tensor(rgb, config.image_size, config.mean, config.std)[None].to(device)
+    with torch.inference_mode(), autocast(device):
+        outputs = model(tensor)
+    smoothed = outputs["map"].float()
+    resized = F.interpolate(smoothed[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    return resized[0, 0].cpu().numpy(), float(outputs["score"][0])
+
+
+def predict_files(model: VisualAD, paths: list[Path], out_dir: Path, device: torch.device) -> tuple[int, int]:
+    """Write ``<stem>_overlay.png`` and ``<stem>.json`` for every image; returns ``(succeeded, failed)``.
+
+    An unreadable image is logged with its path and reason and skipped.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device).eval()
+    succeeded = failed = 0
+    for path in tqdm(paths, desc="images", unit="img"):
+        try:
+            rgb = read_rgb(path)
+        except (OSError, ValueError) as error:
+            logger.error("%s: cannot read image: %s", path, error)
+            failed += 1
+            continue
+        anomaly_map, score = predict_image(model, rgb, device)
+        record = {
+            "image": str(path),
+            "score": score,
+            "map_max": float(anomaly_map.max()),
+            "threshold": model.threshold,
+            "anomalous": score > model.threshold,
+            "anomalous_fraction": float((anomaly_map > model.threshold).mean()),
+            "backbone": model.config.backbone,
+            "backbone_sha256": model.config.weights_sha256,
+        }
+        span = max(abs(model.threshold), float(np.abs(anomaly_map).max()), 1e-6)
+        overlay = heat_overlay(rgb, anomaly_map, (model.threshold - span, model.threshold + span))
+        save_png(overlay, out_dir / f"{path.stem}_overlay.png")
+        with atomic_path(out_dir / f"{path.stem}.json") as temporary:
+            temporary.write_text(json.dumps(record, indent=2) + "\n")
+        succeeded += 1
+    return succeeded, failed
