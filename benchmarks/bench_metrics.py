@@ -95,13 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the map counts to run (smoke tests)")
     args = parser.parse_args()
-    cases = {
-        "pixel metrics, 400 maps of 500x500": (max(1, round(400 * args.scale)), 500),
-        "AUPRO, 200 maps of 518x518": (max(1, round(200 * args.scale)), 518),
-    }
-    for name, (n_maps, size) in cases.items():
+    for name, n_maps, size in (("pixel metrics", 400, 500), ("AUPRO", 200, 518)):
+        n_maps = max(1, round(n_maps * args.scale))
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            _report(name, pool.submit(run_case, n_maps, size).result())
+            _report(f"{name}, {n_maps} maps of {size}x{size}", pool.submit(run_case, n_maps, size).result())
 
 
 if __name__ == "__main__":
