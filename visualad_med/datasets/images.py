@@ -1,0 +1,186 @@
+"""Reading 2D images and masks, and turning them into normalised model inputs.
+
+Every data set in :mod:`visualad_med.datasets` reads its files through
+:func:`read_rgb` and :func:`read_mask` and preprocesses them with
+:func:`image_to_tensor` and :func:`mask_to_tensor`, so the conversion rules
+live in one place:
+
+* Images become ``uint8`` RGB arrays ``(H, W, 3)``. Grey, palette and RGB(A)
+  files go through Pillow's conversion (alpha is discarded, as the reference
+  implementation's ``Image.open(path).convert("RGB")`` does). Images with more
+  than 8 bits (16-bit PNG/TIFF, 32-bit integer or float) are scaled by the
+  image's own maximum, ``round(value * 255 / max)`` with negatives clipped to
+  0, then replicated to 3 channels.
+* Masks become boolean arrays ``(H, W)``: a pixel is anomalous where its value
+  exceeds half the mask's own maximum, so 0/1, 0/255 and 0/65535 encodings all
+  work and compression noise near 0 or the maximum is ignored; an all-zero mask
+  is empty. Palette masks use their palette indices, RGB masks their luminance.
+* Preprocessing resizes the image to ``S x S`` with Pillow's bicubic filter
+  (antialiased when shrinking) and normalises with the given mean/std; the
+  mask is resized bilinearly to ``S x S`` and binarised at 0.5. This matches
+  the reference "resize then centre crop of the same size", which for a square
+  target is a plain resize.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+"""File extensions (lower case) recognised as images when scanning folders."""
+
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` names a visible file with an extension in :data:`IMAGE_EXTENSIONS`."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; empty if the folder is missing."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale a high-bit-depth array by its own maximum to ``uint8`` (negatives clipped)."""
+    values = np.clip(array.astype(np.float64), 0.0, None)
+    peak = values.max(initial=0.0)
+    if peak <= 0.0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.rint(values * (255.0 / peak)).astype(np.uint8)
+
+
+def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert a Pillow image of any mode to a ``uint8`` RGB array.
+
+    Args:
+        image: Pillow image; modes with more than 8 bits per pixel (``I;16``,
+            ``I``, ``F``) are scaled by the image's own maximum.
+
+    Returns:
+        ``uint8`` array of shape ``(H, W, 3)``.
+    """
+    if image.mode in _HIGH_DEPTH_MODES:
+        grey = _scale_to_uint8(np.asarray(image))
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as ``uint8`` RGB (conversion rules in the module docstring).
+
+    Args:
+        path: image file (any format Pillow reads).
+
+    Returns:
+        ``uint8`` array of shape ``(H, W, 3)``.
+
+    Raises:
+        OSError: the file is missing, unreadable or truncated.
+    """
+    with Image.open(path) as image:
+        return pil_to_rgb_array(image)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask file as a boolean array (anomalous where value > half the mask's maximum).
+
+    Args:
+        path: mask file; grey, palette (indices are used), RGB or 16-bit.
+
+    Returns:
+        ``bool`` array of shape ``(H, W)``.
+
+    Raises:
+        OSError: the file is missing, unreadable or truncated.
+    """
+    with Image.open(path) as image:
+        if image.mode in ("P", "PA", "1", "L", "LA") or image.mode in _HIGH_DEPTH_MODES:
+            values = np.asarray(image.getchannel(0) if image.mode in ("PA", "LA") else image)
+        else:
+            values = np.asarray(image.convert("L"))
+    values = values.astype(np.float64)
+    peak = values.max(initial=0.0)
+    if peak <= 0.0:
+        return np.zeros(values.shape, dtype=bool)
+    return values > peak / 2.0
+
+
+def image_size_of(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file, read from its header only."""
+    with Image.open(path) as image:
+        width, height = image.size
+    return height, width
+
+
+def check_normalisation(image_size: int, mean: Iterable[float], std: Iterable[float]) -> None:
+    """Validate preprocessing arguments.
+
+    Raises:
+        ValueError: ``image_size`` is not a positive integer, or ``mean``/``std``
+            do not have 3 entries, or a ``std`` entry is not positive.
+    """
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    mean, std = tuple(mean), tuple(std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 entries (R, G, B), got mean={mean} std={std}")
+    if min(std) <= 0:
+        raise ValueError(f"std entries must be positive, got std={std}")
+
+
+def image_to_tensor(
+    image: np.ndarray | Image.Image,
+    image_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> torch.Tensor:
+    """Resize an RGB image to ``S x S`` (bicubic) and normalise it.
+
+    Args:
+        image: ``uint8`` array ``(H, W, 3)`` or a Pillow image (converted with
+            :func:`pil_to_rgb_array`).
+        image_size: output side ``S`` in pixels.
+        mean: per-channel mean of the ``[0, 1]`` intensities.
+        std: per-channel standard deviation.
+
+    Returns:
+        ``float32`` tensor of shape ``(3, S, S)``, ``(x / 255 - mean) / std``.
+
+    Raises:
+        ValueError: the array is not ``uint8 (H, W, 3)`` or the arguments are invalid.
+    """
+    check_normalisation(image_size, mean, std)
+    array = pil_to_rgb_array(image) if isinstance(image, Image.Image) else image
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array, got {array.dtype} {array.shape}")
+    resized = Image.fromarray(array).resize((image_size, image_size), Image.Resampling.BICUBIC)
+    tensor = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((tensor - mean_t) / std_t).contiguous()
+
+
+def mask_to_tensor(mask: np.ndarray, image_size: int) -> torch.Tensor:
+    """Resize a boolean mask to ``S x S`` (bilinear) and binarise it at 0.5.
+
+    Args:
+        mask: ``bool`` array ``(H, W)``.
+        image_size: output side ``S`` in pixels.
+
+    Returns:
+        ``float32`` tensor of shape ``(S, S)`` holding 0 and 1.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2D (H, W) mask, got shape {mask.shape}")
+    grey = Image.fromarray(mask.astype(np.uint8) * 255)
+    resized = np.asarray(grey.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return torch.from_numpy((resized / 255.0 > 0.5).astype(np.float32))
