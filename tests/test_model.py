@@ -85,7 +85,7 @@ def test_inputs_other_than_the_trained_size_resample_positions(model):
 )
 def test_backbone_variants(vit_args):
     model = build_model(tiny_vit(**vit_args), image_size=64)
-    tapped, anomaly, _ = model.backbone(_images())
+    tapped, anomaly, _, _ = model.backbone(_images())
     assert tapped[4].shape[1] == 2 + model.backbone.vit.num_prefix_tokens + 16
     torch.testing.assert_close(anomaly, tapped[4][:, 0])
     assert model(_images())["map"].shape == (2, 64, 64)

@@ -35,7 +35,7 @@ def _crop_pairs(model) -> torch.Tensor:
 def _retrieval(model, images: torch.Tensor) -> tuple[float, float]:
     """Top-1 crop retrieval accuracy by class token, and the same-minus-other similarity margin."""
     with torch.no_grad():
-        tapped, _, _ = model.backbone(images)
+        tapped, _, _, _ = model.backbone(images)
     features = F.normalize(tapped[model.backbone.depth][:, 2], dim=-1)
     count = len(PHOTOS)
     similarity = features[:count] @ features[count:].T

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,23 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 NUM_INSERTED_TOKENS = 2
+
+
+class TokenOutputs(NamedTuple):
+    """What the backbone adapter returns.
+
+    Attributes:
+        tapped: ``{l: (B, T, D)}`` sequence ``[a, n, cls, (registers), patches]``
+            after block ``l`` and the trainable norm.
+        anomaly: ``(B, D)`` anomaly token after the last block and the trainable norm.
+        normal: ``(B, D)`` normal token, likewise.
+        features: ``{l: (B, T, D)}`` for requested layers, after the frozen backbone norm.
+    """
+
+    tapped: dict[int, torch.Tensor]
+    anomaly: torch.Tensor
+    normal: torch.Tensor
+    features: dict[int, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -172,25 +190,27 @@ class TokenViT(nn.Module):
         sequence = torch.cat([inserted, *prefix, patches], dim=1)
         return vit.norm_pre(vit.patch_drop(vit.pos_drop(sequence)))
 
-    def forward(self, images: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, feature_layers: tuple[int, ...] = ()) -> TokenOutputs:
         """Run the frozen blocks with the two tokens inserted.
 
         Args:
             images: ``(B, 3, H, W)`` normalised images, sides multiples of the patch size.
+            feature_layers: blocks whose outputs are also returned after the
+                backbone's own (frozen) final norm, untouched by training.
 
         Returns:
-            ``(tapped, anomaly, normal)``: ``tapped[l]`` is the ``(B, T, D)``
-            sequence after block ``l`` and the trainable norm; ``anomaly`` and
-            ``normal`` are ``(B, D)``, taken from the last block after that norm.
+            :class:`TokenOutputs`; every sequence is ``(B, T, D)``.
         """
         sequence = self.embed(images)
-        tapped = {}
+        tapped, features = {}, {}
         for index, block in enumerate(self.vit.blocks, start=1):
             sequence = block(sequence)
             if index in self.taps:
                 tapped[index] = self.norm(sequence)
+            if index in feature_layers:
+                features[index] = self.vit.norm(sequence)
         last = tapped[self.depth] if self.depth in tapped else self.norm(sequence)
-        return tapped, last[:, 0], last[:, 1]
+        return TokenOutputs(tapped, last[:, 0], last[:, 1], features)
 
 
 def num_patches(image_size: int, patch_size: int) -> int:

@@ -48,9 +48,9 @@ def calibrate_threshold(
 ) -> float:
     """F1-max pixel threshold of ``model``'s smoothed map over ``dataset`` (images with masks).
 
-    The map is bounded by ``2 * #taps`` in absolute value, which fixes the histogram range.
+    The map's bound under the model's scoring fixes the histogram range.
     """
-    bound = 2.0 * len(model.taps)
+    bound = model.map_bound
     edges = np.linspace(-bound, bound, BINS + 1)
     positive = np.zeros(BINS, dtype=np.int64)
     negative = np.zeros(BINS, dtype=np.int64)

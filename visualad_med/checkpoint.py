@@ -50,6 +50,13 @@ class HeadConfig:
         threshold: decision threshold on the smoothed map ``map`` (sum over taps
             of ``cos(f, a) - cos(f, n)``), calibrated by F1-max on the training set.
         num_anchors, dropout, res_scale_init: SCA hyper-parameters.
+        scoring: how ``map`` is made: ``visualad`` (the method), ``selfsim``
+            (training-free self-similarity) or ``combined`` (their weighted sum);
+            the threshold refers to this map.
+        selfsim_layers: blocks whose patch features feed self-similarity
+            (default ``L/2, 3L/4``).
+        selfsim_weight: weight of the self-similarity sum in ``combined``.
+        selfsim_neighbours: ``k`` nearest patches averaged by self-similarity.
         training: free-form provenance (data, epochs, seed, time).
     """
 
@@ -66,6 +73,10 @@ class HeadConfig:
     num_anchors: int = 4
     dropout: float = 0.1
     res_scale_init: float = 0.01
+    scoring: str = "visualad"
+    selfsim_layers: tuple[int, ...] | None = None
+    selfsim_weight: float = 1.0
+    selfsim_neighbours: int = 5
     training: dict = field(default_factory=dict)
     format: str = FORMAT
 
@@ -82,6 +93,8 @@ class HeadConfig:
         values["taps"] = tuple(values["taps"])
         values["mean"] = tuple(values["mean"])
         values["std"] = tuple(values["std"])
+        if values.get("selfsim_layers") is not None:
+            values["selfsim_layers"] = tuple(values["selfsim_layers"])
         return cls(**values)
 
 

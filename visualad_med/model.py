@@ -21,11 +21,13 @@ from . import checkpoint, weights
 from .backbone import PRESETS, TokenViT, default_taps, num_patches, pretrained_grid_of, resize_patch_table, square_grid
 from .checkpoint import HeadCheckpointError, HeadConfig
 from .head import SelfAlignment, SpatialCrossAttention, token_contrast
+from .selfsim import default_layers, self_similarity_scores
 from .smoothing import GaussianSmoothing
 
 logger = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01
+SCORINGS = ("visualad", "selfsim", "combined")
 
 
 def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -57,6 +59,11 @@ class VisualAD(nn.Module):
     - ``probability`` ``(B, H, W)``: ``sigmoid(map / #taps)``, a bounded view for display;
     - ``patch_scores`` ``{tap: (B, h, w)}``: ``cos(SAF(p), a') - cos(SAF(p), n')``;
     - ``tokens`` ``{tap: (B, 2, D)}``: the SCA-refined anomaly and normal tokens.
+
+    ``config.scoring`` chooses what ``map_raw`` sums: the method's patch scores
+    (``visualad``, the default and what training uses), training-free
+    self-similarity (``selfsim``, :mod:`visualad_med.selfsim`), or
+    ``combined``: ``visualad + selfsim_weight * selfsim``.
     """
 
     def __init__(self, backbone: TokenViT, config: HeadConfig):
@@ -83,6 +90,27 @@ class VisualAD(nn.Module):
     @property
     def image_size(self) -> int:
         return self.config.image_size
+
+    @property
+    def selfsim_layers(self) -> tuple[int, ...]:
+        return self.config.selfsim_layers or default_layers(self.backbone.depth)
+
+    def set_scoring(self, scoring: str, weight: float | None = None) -> VisualAD:
+        """Choose ``visualad``, ``selfsim`` or ``combined`` scoring (and the combination weight)."""
+        if scoring not in SCORINGS:
+            raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
+        self.config.scoring = scoring
+        if weight is not None:
+            self.config.selfsim_weight = float(weight)
+        return self
+
+    @property
+    def map_bound(self) -> float:
+        """Largest possible ``|map|`` under the current scoring."""
+        method = 2.0 * len(self.taps)
+        selfsim = 2.0 * len(self.selfsim_layers)
+        scoring = self.config.scoring
+        return {"visualad": method, "selfsim": selfsim}.get(scoring, method + self.config.selfsim_weight * selfsim)
 
     @property
     def threshold(self) -> float:
@@ -118,7 +146,9 @@ class VisualAD(nn.Module):
         self.check_images(images)
         batch, _, height, width = images.shape
         grid = self.backbone.grid_for(height, width)
-        tapped, anomaly, normal = self.backbone(images)
+        scoring = self.config.scoring
+        layers = self.selfsim_layers if scoring != "visualad" else ()
+        tapped, anomaly, normal, frozen = self.backbone(images, layers)
         tokens = torch.stack([anomaly, normal], dim=1)
         prefix = self.backbone.num_prefix_tokens
         patch_scores, refined = {}, {}
@@ -128,7 +158,12 @@ class VisualAD(nn.Module):
             features = self.saf[str(tap)](patches)
             scores = token_contrast(features, refined[tap][:, 0], refined[tap][:, 1])
             patch_scores[tap] = scores.reshape(batch, *grid)
-        map_raw = upsample_scores(torch.stack(list(patch_scores.values())).sum(0).float(), (height, width))
+        scores = torch.stack(list(patch_scores.values())).sum(0).float()
+        if layers:
+            selfsim = sum(self_similarity_scores(frozen[layer][:, prefix:], self.config.selfsim_neighbours)
+                          for layer in layers).reshape(batch, *grid)
+            scores = selfsim if scoring == "selfsim" else scores + self.config.selfsim_weight * selfsim
+        map_raw = upsample_scores(scores, (height, width))
         smoothed = self.smoothing(map_raw)
         return {
             "map_raw": map_raw,
@@ -177,8 +212,8 @@ class VisualAD(nn.Module):
                     f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}"
                 )
         self.load_state_dict(tensors, strict=False)
-        self.config.threshold = config.threshold
-        self.config.training = config.training
+        for name in ("threshold", "training", "scoring", "selfsim_layers", "selfsim_weight", "selfsim_neighbours"):
+            setattr(self.config, name, getattr(config, name))
         return self
 
     @property
