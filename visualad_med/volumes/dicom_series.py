@@ -1,0 +1,325 @@
+"""Stack a DICOM series on a regular grid in patient space, and map a grid volume back to its slices.
+
+Slices are sorted by the projection of ImagePositionPatient on the slice normal (the cross product
+of the two ImageOrientationPatient cosines), never by file name or InstanceNumber. Two
+irregularities are repaired so that the grid is exact and orthogonal (NIfTI readers built on ITK,
+3D Slicer among them, refuse a sheared NIfTI affine, so a sheared grid would not show up in Slicer):
+
+* Gantry tilt: the slice positions step along a vector that is not the normal, so each slice
+  is shifted in-plane relative to the previous one. The grid keeps the acquired planes (its slice
+  axis is the normal, its slice spacing the step along the normal) and each slice is moved by its
+  in-plane offset, by linear interpolation; the grid is widened so that no pixel falls off.
+* Missing slices: a gap that is a whole number of slice steps (at most ``max_gap_slices``
+  missing in a row) is filled by linear interpolation between its neighbours, with a warning.
+  Larger gaps, positions off the regular grid, and duplicated positions raise
+  :class:`ScanLoadError`.
+
+Written here because no library does it: MONAI's PydicomReader sorts by InstanceNumber and spaces
+slices evenly between the first and the last, ITK (SimpleITK) assumes the normal as the slice
+direction, and highdicom's ``get_volume_positions`` rejects tilted stacks.
+
+Conventions: a grid volume is ``(X, Y, Z)``; X follows the DICOM row cosine (column index), Y the
+column cosine (row index), Z the normal ``row x column`` (increasing); ``affine`` maps voxel
+indices to RAS millimetres (MONAI's convention; LPS is DICOM's), voxel centres at integer indices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from monai.data.utils import orientation_ras_lps
+from scipy import ndimage
+
+from .sources import ScanLoadError
+
+__all__ = ["DicomSeries"]
+
+logger = logging.getLogger(__name__)
+
+POSITION_TOLERANCE = 0.1
+"""Largest deviation of a slice from its grid plane, as a fraction of the slice spacing."""
+
+SHIFT_TOLERANCE = 0.01
+"""When every slice's in-plane offset along an axis is this close (pixels) to a whole number, it is rounded."""
+
+_GEOMETRY = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+"""Geometry tags and their number of values."""
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """The slices of one DICOM series, sorted along their normal, and the regular grid holding them.
+
+    Build it with :meth:`from_files`. Slice ``k`` (``datasets[k]``) lies in grid plane
+    ``grid_index[k]``; its pixel ``(row r, column c)`` is grid voxel
+    ``(c + offsets[k, 0], r + offsets[k, 1], grid_index[k])``.
+
+    Attributes:
+        files: the slice files, sorted along the normal.
+        datasets: their headers (no pixel data), same order.
+        grid_index: ``(N,)`` int, grid plane (Z index) of each slice.
+        offsets: ``(N, 2)`` float, grid position (X, Y) of each slice's first pixel, in voxels.
+        shape: grid shape ``(X, Y, Z)``.
+        affine: ``(4, 4)`` grid voxel index to RAS mm.
+        tilt_deg: angle between the slice stepping direction and the normal (gantry tilt), degrees.
+    """
+
+    files: tuple[Path, ...]
+    datasets: tuple[pydicom.Dataset, ...]
+    grid_index: np.ndarray
+    offsets: np.ndarray
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    tilt_deg: float
+
+    @classmethod
+    def from_files(cls, files: Sequence[Path | str], *, max_gap_slices: int = 2) -> DicomSeries:
+        """Read the headers of a series' files and lay them on a regular grid.
+
+        Args:
+            files: the image files of one series, in any order.
+            max_gap_slices: most consecutive missing slices that are filled by interpolation.
+
+        Raises:
+            ScanLoadError: when the files do not form one regular stack (see the module docstring).
+        """
+        files = [Path(f) for f in files]
+        if not files:
+            raise ValueError("a DICOM series needs at least one file, got none.")
+        folder = files[0].parent
+        headers = [_read_header(f) for f in files]
+        _check_consistent(files, headers)
+        if len(files) < 2:
+            raise ScanLoadError(files[0], "a single 2D slice, not a volume")
+
+        cosines = np.asarray(headers[0].ImageOrientationPatient, dtype=np.float64).reshape(2, 3)
+        row_dir, col_dir = cosines / np.linalg.norm(cosines, axis=1, keepdims=True)
+        normal = np.cross(row_dir, col_dir)
+        normal /= np.linalg.norm(normal)
+        positions = np.array([h.ImagePositionPatient for h in headers], dtype=np.float64)
+        order = np.argsort(positions @ normal, kind="stable")
+        files = [files[i] for i in order]
+        headers = [headers[i] for i in order]
+        positions = positions[order]
+
+        heights = (positions - positions[0]) @ normal
+        spacing, grid_index = _regular_grid(folder, heights, files, max_gap_slices)
+        # PixelSpacing is (between rows, between columns): Y spacing first.
+        row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
+        in_plane = positions - positions[0] - np.outer(heights, normal)
+        offsets = np.stack([in_plane @ row_dir / col_spacing, in_plane @ col_dir / row_spacing], axis=1)
+        whole = np.all(np.abs(offsets - np.round(offsets)) < SHIFT_TOLERANCE, axis=0)  # per axis: noise, not tilt
+        offsets[:, whole] = np.round(offsets[:, whole])
+        low = np.floor(offsets.min(axis=0))
+        offsets = offsets - low
+        size = np.ceil(offsets.max(axis=0)).astype(int) + (headers[0].Columns, headers[0].Rows)
+        tilt = float(np.degrees(np.arctan2(np.linalg.norm(in_plane[-1]), heights[-1])))
+
+        lps = np.eye(4)
+        lps[:3, 0] = row_dir * col_spacing
+        lps[:3, 1] = col_dir * row_spacing
+        lps[:3, 2] = normal * spacing
+        lps[:3, 3] = positions[0] + low[0] * lps[:3, 0] + low[1] * lps[:3, 1]
+        series = cls(
+            files=tuple(files),
+            datasets=tuple(headers),
+            grid_index=grid_index,
+            offsets=offsets,
+            shape=(int(size[0]), int(size[1]), int(grid_index[-1]) + 1),
+            affine=orientation_ras_lps(lps),
+            tilt_deg=tilt,
+        )
+        series._log_repairs(folder, spacing)
+        return series
+
+    @cached_property
+    def interpolated_slices(self) -> list[int]:
+        """Grid planes (Z indices) with no acquired slice, filled by interpolation."""
+        return sorted(set(range(self.shape[2])) - set(self.grid_index.tolist()))
+
+    @cached_property
+    def is_resampled(self) -> bool:
+        """Whether any slice was moved by a fraction of a pixel (gantry tilt)."""
+        return bool(np.any(self.offsets != np.round(self.offsets)))
+
+    def dataset_at(self, z: int) -> pydicom.Dataset | None:
+        """The header of the slice in grid plane ``z``; ``None`` for an interpolated plane."""
+        if not 0 <= z < self.shape[2]:
+            raise ValueError(f"z must be in [0, {self.shape[2]}), got {z}.")
+        hits = np.flatnonzero(self.grid_index == z)
+        return self.datasets[int(hits[0])] if hits.size else None
+
+    def to_grid(self, slices: np.ndarray, fill: float | None = None) -> np.ndarray:
+        """Place the acquired slices on the grid.
+
+        Args:
+            slices: ``(Columns, Rows, N)`` pixel stack in the order of :attr:`datasets`.
+            fill: value outside the acquired field of view (tilt only); default the minimum.
+
+        Returns:
+            ``(X, Y, Z)`` float32 volume; interpolated planes filled linearly along Z.
+        """
+        expected = (self.datasets[0].Columns, self.datasets[0].Rows, len(self.datasets))
+        if slices.shape != expected:
+            raise ValueError(f"slices must have shape (Columns, Rows, N) = {expected}, got {slices.shape}.")
+        fill = float(slices.min()) if fill is None else fill
+        planes = np.full((self.shape[2], *self.shape[:2]), fill, dtype=np.float32)  # (Z, X, Y): planes contiguous
+        for k, z in enumerate(self.grid_index):
+            self._place(np.ascontiguousarray(slices[..., k]), self.offsets[k], planes[z], fill)
+        for z in self.interpolated_slices:
+            below = self.grid_index[self.grid_index < z].max()
+            above = self.grid_index[self.grid_index > z].min()
+            weight = (z - below) / (above - below)
+            planes[z] = (1 - weight) * planes[below] + weight * planes[above]
+        return np.ascontiguousarray(np.moveaxis(planes, 0, -1))
+
+    def to_source_frames(self, volume: np.ndarray, *, order: int = 0) -> np.ndarray:
+        """Sample a grid volume on each acquired slice, e.g. a mask for a DICOM SEG.
+
+        Args:
+            volume: ``(X, Y, Z)`` array on this grid.
+            order: interpolation order for tilted slices (0 nearest for masks, 1 for maps).
+
+        Returns:
+            ``(N, Rows, Columns)`` array, frame ``k`` belonging to ``datasets[k]``, in DICOM's
+            row-major pixel layout, dtype of ``volume``.
+        """
+        volume = np.asarray(volume)
+        if volume.shape != self.shape:
+            raise ValueError(f"volume must have the grid shape (X, Y, Z) = {self.shape}, got {volume.shape}.")
+        columns, rows = self.datasets[0].Columns, self.datasets[0].Rows
+        frames = np.empty((len(self.datasets), rows, columns), dtype=volume.dtype)
+        for k, z in enumerate(self.grid_index):
+            plane = np.ascontiguousarray(volume[..., z])
+            x, y = self.offsets[k]
+            if float(x).is_integer() and float(y).is_integer():
+                frame = plane[int(x) : int(x) + columns, int(y) : int(y) + rows]
+            else:
+                frame = ndimage.affine_transform(
+                    plane, np.ones(2), offset=(x, y), output_shape=(columns, rows), order=order, mode="nearest"
+                )
+            frames[k] = frame.T
+        return frames
+
+    @staticmethod
+    def _place(image: np.ndarray, offset: np.ndarray, plane: np.ndarray, fill: float) -> None:
+        """Write a ``(Columns, Rows)`` slice into an ``(X, Y)`` grid plane with its first pixel at ``offset``."""
+        x, y = offset
+        if float(x).is_integer() and float(y).is_integer():
+            plane[int(x) : int(x) + image.shape[0], int(y) : int(y) + image.shape[1]] = image
+        else:
+            ndimage.affine_transform(image, np.ones(2), offset=(-x, -y), output=plane, order=1, cval=fill)
+
+    def _log_repairs(self, folder: Path, spacing: float) -> None:
+        if np.any(self.offsets):
+            logger.warning(
+                "%s: gantry tilt %.2f deg (GantryDetectorTilt %s): slices step %.4f mm along the normal and "
+                "shift in-plane by up to (%.2f, %.2f) voxels; placed on an orthogonal %s grid (resampled: %s)",
+                folder,
+                self.tilt_deg,
+                self.datasets[0].get("GantryDetectorTilt", "absent"),
+                spacing,
+                *np.ptp(self.offsets, axis=0),
+                self.shape,
+                self.is_resampled,
+            )
+        if self.interpolated_slices:
+            logger.warning(
+                "%s: %d missing slice(s) at grid planes %s (spacing %.4f mm) filled by linear interpolation",
+                folder,
+                len(self.interpolated_slices),
+                self.interpolated_slices,
+                spacing,
+            )
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as error:  # pydicom raises many types for broken files
+        raise ScanLoadError(path, f"unreadable DICOM header ({type(error).__name__}: {error})") from error
+    missing = [tag for tag in (*_GEOMETRY, "Rows", "Columns") if tag not in header]
+    if missing:
+        raise ScanLoadError(path, f"missing {', '.join(missing)}: no geometry to place the slice")
+    for tag, count in _GEOMETRY.items():
+        values = np.atleast_1d(np.asarray(header[tag].value, dtype=np.float64))
+        if values.size != count or not np.isfinite(values).all():
+            raise ScanLoadError(path, f"{tag} must be {count} finite numbers, got {header[tag].value!r}")
+    if min(float(v) for v in header.PixelSpacing) <= 0:
+        raise ScanLoadError(path, f"PixelSpacing must be positive, got {list(header.PixelSpacing)}")
+    if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        raise ScanLoadError(path, f"multi-frame DICOM ({header.NumberOfFrames} frames) is not supported")
+    if "MOSAIC" in [str(v).upper() for v in header.get("ImageType", [])]:
+        raise ScanLoadError(path, "Siemens MOSAIC image (a tiled volume in one frame) is not supported")
+    if int(header.get("SamplesPerPixel", 1)) != 1:
+        raise ScanLoadError(path, f"SamplesPerPixel {header.SamplesPerPixel}: colour images are not supported")
+    return header
+
+
+def _check_consistent(files: list[Path], headers: list[pydicom.Dataset]) -> None:
+    """Same size, pixel spacing and orientation on every slice; orthonormal cosines."""
+    first = headers[0]
+    cosines = np.asarray(first.ImageOrientationPatient, dtype=np.float64).reshape(2, 3)
+    norms = np.linalg.norm(cosines, axis=1)
+    if np.any(np.abs(norms - 1) > 1e-3) or abs(cosines[0] @ cosines[1]) > 1e-3:
+        orientation = list(first.ImageOrientationPatient)
+        raise ScanLoadError(files[0], f"ImageOrientationPatient {orientation} is not orthonormal")
+    reference = files[0].name
+    for path, header in zip(files[1:], headers[1:]):
+        if (header.Rows, header.Columns) != (first.Rows, first.Columns):
+            raise ScanLoadError(
+                path,
+                f"image size {header.Rows}x{header.Columns} differs from {first.Rows}x{first.Columns} of {reference}",
+            )
+        if not np.allclose(header.PixelSpacing, first.PixelSpacing, rtol=1e-4):
+            raise ScanLoadError(
+                path, f"PixelSpacing {list(header.PixelSpacing)} differs from {list(first.PixelSpacing)} of {reference}"
+            )
+        if not np.allclose(header.ImageOrientationPatient, first.ImageOrientationPatient, atol=1e-4):
+            raise ScanLoadError(
+                path,
+                f"ImageOrientationPatient {list(header.ImageOrientationPatient)} differs from "
+                f"{list(first.ImageOrientationPatient)} of {reference}",
+            )
+
+
+def _regular_grid(
+    folder: Path, heights: np.ndarray, files: list[Path], max_gap_slices: int
+) -> tuple[float, np.ndarray]:
+    """Slice spacing (mm) and grid plane of each sorted slice from its height along the normal."""
+    steps = np.diff(heights)
+    median = float(np.median(steps))
+    if median <= 1e-3 or np.any(steps <= POSITION_TOLERANCE * median):
+        k = int(np.argmin(steps))
+        raise ScanLoadError(
+            folder,
+            f"{int(np.sum(steps <= POSITION_TOLERANCE * max(median, 1e-3)))} slice(s) share a position with "
+            f"another (e.g. {files[k].name} and {files[k + 1].name}, {steps[k]:.4f} mm apart): several "
+            "volumes (echoes, phases, time points) in one series are not supported",
+        )
+    grid_index = np.round(heights / median).astype(int)
+    spacing = float(grid_index @ heights / (grid_index @ grid_index))
+    deviation = np.abs(heights - grid_index * spacing)
+    if deviation.max() > POSITION_TOLERANCE * spacing:
+        k = int(np.argmax(deviation))
+        raise ScanLoadError(
+            files[k],
+            f"slice positions are not on a regular grid: steps along the normal range {steps.min():.4f}-"
+            f"{steps.max():.4f} mm (median {median:.4f}); this slice is {deviation[k]:.4f} mm off its plane",
+        )
+    gaps = np.diff(grid_index) - 1
+    if gaps.max() > max_gap_slices:
+        k = int(np.argmax(gaps))
+        raise ScanLoadError(
+            folder,
+            f"gap of {steps[k]:.4f} mm ({gaps[k]} missing slices at spacing {spacing:.4f} mm) between "
+            f"{files[k].name} and {files[k + 1].name}; at most {max_gap_slices} are filled by interpolation",
+        )
+    logger.debug("%s: slice spacing %.6f mm, largest deviation from the grid %.2e mm", folder, spacing, deviation.max())
+    return spacing, grid_index

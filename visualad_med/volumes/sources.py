@@ -1,0 +1,57 @@
+"""What a scan is before it is read (:class:`ScanSource`) and how reading one fails (:class:`ScanLoadError`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+ScanKind = Literal["dicom", "nifti", "nrrd", "mha"]
+
+SCAN_KINDS: tuple[str, ...] = ("dicom", "nifti", "nrrd", "mha")
+
+
+@dataclass(frozen=True)
+class ScanSource:
+    """One scan found on disk: a DICOM series or a single image file.
+
+    Attributes:
+        name: stem for output files, unique among the scans of one :func:`find_scans` call
+            (``<SeriesDescription>_<uid tail>`` for DICOM, the file stem otherwise).
+        kind: ``"dicom"``, ``"nifti"``, ``"nrrd"`` or ``"mha"`` (MetaImage ``.mha``/``.mhd``).
+        files: the files of the scan, sorted by path (a DICOM series is re-sorted by position
+            when it is loaded).
+        modality: DICOM Modality (``"CT"``, ``"MR"``, ...) when known, else ``None``.
+        series_uid: DICOM SeriesInstanceUID, ``None`` for other formats.
+    """
+
+    name: str
+    kind: ScanKind
+    files: tuple[Path, ...]
+    modality: str | None = None
+    series_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCAN_KINDS:
+            raise ValueError(f"kind must be one of {SCAN_KINDS}, got {self.kind!r}.")
+        if not self.files:
+            raise ValueError(f"scan {self.name!r} has no files.")
+
+    @property
+    def path(self) -> Path:
+        """The file of a single-file scan, the folder of the first file of a DICOM series."""
+        return self.files[0].parent if self.kind == "dicom" else self.files[0]
+
+
+class ScanLoadError(Exception):
+    """A scan that cannot be read as a volume; the caller logs it and goes on with the next scan.
+
+    Args:
+        path: the offending file, or the series folder when no single file is at fault.
+        reason: what is wrong, with the offending values.
+    """
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
