@@ -52,7 +52,7 @@ _GEOMETRY = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpac
 """Geometry tags and their number of values."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: identity equality, no hashing of arrays
 class DicomSeries:
     """The slices of one DICOM series, sorted along their normal, and the regular grid holding them.
 
