@@ -35,10 +35,12 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "CurvePoints",
     "PixelMetricAccumulator",
     "aupro",
     "auroc",
     "average_precision",
+    "curve_points",
     "f1_max",
     "image_metrics",
     "mean_row",
@@ -280,6 +282,91 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     return image_metrics(scores, labels)["image_f1_max"]
 
 
+class CurvePoints(NamedTuple):
+    """Points of the ROC and precision-recall curves, for plotting.
+
+    Each index is one threshold, thresholds descending; ``fpr`` and ``recall``
+    (= TPR) ascend. The ROC curve runs from (0, 0), implied, to (1, 1).
+
+    Attributes:
+        fpr: (K,) false-positive rate at each threshold.
+        tpr: (K,) true-positive rate (recall) at each threshold.
+        precision: (K,) precision at each threshold.
+        prevalence: fraction of positives, the precision of a random scorer.
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    precision: np.ndarray
+    prevalence: float
+
+
+def _curve_points(neg_sorted: np.ndarray, pos_sorted: np.ndarray, max_points: int) -> CurvePoints:
+    """Exact curve points at up to ``max_points`` thresholds (quantiles of both classes).
+
+    Thresholds are the scores at evenly spaced ranks of the negatives and of
+    the positives (every score when a class has fewer than ``max_points // 2``),
+    so both axes are sampled evenly; each point is exact for its threshold.
+
+    Args:
+        neg_sorted: (N0,) negative scores (or sortable keys), ascending, N0 >= 1.
+        pos_sorted: (N1,) positive scores of the same dtype, ascending, N1 >= 1.
+        max_points: Largest number of thresholds, >= 2.
+
+    Returns:
+        The curve points.
+    """
+    per_class = max(1, max_points // 2)
+    picks = [
+        values[np.unique(np.linspace(0, values.size - 1, min(per_class, values.size)).round().astype(np.int64))]
+        for values in (neg_sorted, pos_sorted)
+    ]
+    thresholds = np.unique(np.concatenate(picks))[::-1]
+    true_pos = pos_sorted.size - np.searchsorted(pos_sorted, thresholds, side="left")
+    false_pos = neg_sorted.size - np.searchsorted(neg_sorted, thresholds, side="left")
+    return CurvePoints(
+        fpr=false_pos / neg_sorted.size,
+        tpr=true_pos / pos_sorted.size,
+        precision=true_pos / (true_pos + false_pos),
+        prevalence=pos_sorted.size / (pos_sorted.size + neg_sorted.size),
+    )
+
+
+def _check_max_points(max_points: int) -> None:
+    """Raise ValueError unless ``max_points`` is an int >= 2."""
+    if not isinstance(max_points, int) or max_points < 2:
+        raise ValueError(f"max_points must be an int >= 2, got {max_points!r}")
+
+
+def curve_points(scores: np.ndarray, labels: np.ndarray, max_points: int = 1000) -> CurvePoints | None:
+    """ROC and precision-recall curve points of image-level scores, for plotting.
+
+    Args:
+        scores: (N,) anomaly scores, higher meaning more anomalous.
+        labels: (N,) ground truth, True (or 1) for anomalous.
+        max_points: Largest number of thresholds (every distinct score below it).
+
+    Returns:
+        The points, or None unless both classes are present.
+
+    Raises:
+        ValueError: If the shapes differ, are not 1-D, a score is not finite,
+            or ``max_points`` < 2.
+    """
+    _check_max_points(max_points)
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = _as_bool(labels, "labels")
+    if scores.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(
+            f"scores and labels must be 1-D of equal length, got shapes {scores.shape} and {labels.shape}"
+        )
+    _check_finite(scores, "scores")
+    neg, pos = np.sort(scores[~labels]), np.sort(scores[labels])
+    if neg.size == 0 or pos.size == 0:
+        return None
+    return _curve_points(neg, pos, max_points)
+
+
 def _sortable_keys(scores: np.ndarray) -> np.ndarray:
     """Map float32 scores to uint32 keys that sort in the same order.
 
@@ -458,6 +545,30 @@ class PixelMetricAccumulator:
         del inverse_sizes
         aupro_ = _aupro(normal, ranks, weights, self._n_regions, self.integration_limit)
         return dict(zip(keys, (auroc_, ap, f1, aupro_)))
+
+    def curve_points(self, max_points: int = 1000) -> CurvePoints | None:
+        """Pixel-level ROC and precision-recall curve points, for plotting.
+
+        Sorts the stored pixels like :meth:`compute` (in place, data kept).
+
+        Args:
+            max_points: Largest number of thresholds (quantiles of the normal
+                and of the anomalous pixel scores).
+
+        Returns:
+            The points, or None unless both normal and anomalous pixels were seen.
+
+        Raises:
+            ValueError: If ``max_points`` < 2.
+        """
+        _check_max_points(max_points)
+        if self._normal.size == 0 or self._anomalous.size == 0:
+            return None
+        normal = self._normal.merged()
+        normal.sort()
+        anomalous = self._anomalous.merged()
+        anomalous.sort()
+        return _curve_points(normal, (anomalous >> np.uint64(32)).astype(np.uint32), max_points)
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, integration_limit: float = 0.3) -> float:
