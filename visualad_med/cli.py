@@ -35,20 +35,64 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--image-size", type=int, default=None, help="model input side in pixels (untrained heads)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    group.add_argument(
+        "--scoring",
+        default=None,
+        choices=["visualad", "selfsim", "combined"],
+        help="how the map is made: the trained head (visualad), training-free patch self-similarity (selfsim), "
+        "or their sum (combined); default: the head's own setting",
+    )
+
+
+def head_path(args: argparse.Namespace) -> Path | None:
+    """The head ``--head`` names: a file, the bundled head by default, ``None`` for an untrained head."""
+    from .runtime import default_head
+
+    if args.head == UNTRAINED:
+        return None
+    if args.head is None:
+        found = default_head()
+        if found is None:
+            logger.warning("no --head given and no bundled head found: using an untrained head")
+        return found
+    return Path(args.head)
 
 
 def load_cli_model(args: argparse.Namespace):
     """The model named by ``--head``, ``--backbone``, ``--backbone-weights`` and ``--image-size``."""
     from .model import build_model, load_model
-    from .runtime import default_head
 
-    head = args.head if args.head is not None else default_head()
-    if head is None or head == UNTRAINED:
-        if head is None:
-            logger.warning("no --head given and no bundled head found: using an untrained head")
-        return build_model(args.backbone or "dinov2-s14", backbone_weights=args.backbone_weights,
-                           image_size=args.image_size)
-    return load_model(Path(head), backbone=args.backbone, backbone_weights=args.backbone_weights)
+    head = head_path(args)
+    if head is None:
+        model = build_model(args.backbone or "dinov2-s14", backbone_weights=args.backbone_weights,
+                            image_size=args.image_size)
+    else:
+        model = load_model(head, backbone=args.backbone, backbone_weights=args.backbone_weights)
+    if args.scoring:
+        model.set_scoring(args.scoring)
+    return model
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from .runtime import resolve_device
+    from .scan_run import RunSettings, run_folder
+
+    device = resolve_device(args.device)
+    model = load_cli_model(args).to(device)
+    settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
+                           batch_size=args.batch_size, threshold=args.threshold, overwrite=args.overwrite)
+    succeeded, failed = run_folder(model, Path(args.input), Path(args.output), settings, head_path=head_path(args),
+                                   allow_inside_input=args.output_inside_input)
+    print(f"{succeeded} scans succeeded, {failed} failed")
+    return 1 if failed else 0
+
+
+def _window(text: str) -> str | tuple[float, float]:
+    """``auto``, a preset name, or ``WIDTH,LEVEL`` in HU."""
+    if "," in text:
+        width, level = (float(v) for v in text.split(","))
+        return (width, level)
+    return text
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -95,6 +139,32 @@ def _make_meta(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_command(args: argparse.Namespace) -> list[str]:
+    """The command line equivalent to the parsed ``evaluate`` arguments (recorded in results.json)."""
+    command = ["visualad-med", "evaluate"]
+    for name in ("data", "layout", "split", "out", "batch_size", "overlays", "workers", "head", "backbone",
+                 "backbone_weights", "image_size", "device", "scoring"):
+        if getattr(args, name, None) is not None:
+            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return command + (["--classes", *args.classes] if args.classes else [])
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    from .evaluation import evaluate
+    from .report import markdown_table
+
+    started = time.perf_counter()
+    model = load_cli_model(args)
+    results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split, classes=args.classes,
+                       batch_size=args.batch_size, overlays=args.overlays, device=args.device,
+                       num_workers=args.workers, head=head_path(args), command=_evaluate_command(args),
+                       extra_timings={"model_load_s": time.perf_counter() - started})
+    logger.info("results:\n%s", markdown_table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visualad-med",
@@ -115,6 +185,50 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder")
     _add_model_arguments(predict)
     predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="per-class image and pixel metrics on a labelled 2D data set (zero-shot)",
+        description="Run the model over a labelled data set and write results.json, results.md (per-class table "
+        "in percent with a Mean row), scores.csv, ROC/PR curve PNGs and overlay PNGs into --out. Maps are "
+        "scored at the model's input resolution against masks resized to it.",
+    )
+    evaluate.add_argument("--data", required=True, help="data root")
+    evaluate.add_argument("--layout", required=True, help="mvfa, meta, mvtec or visa")
+    evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    evaluate.add_argument("--classes", nargs="+", default=None, help="classes to evaluate (default: all)")
+    evaluate.add_argument("--out", required=True, help="output folder")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    evaluate.add_argument("--overlays", type=int, default=8, help="overlay PNGs per class (half normal); 0: none")
+    evaluate.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    _add_model_arguments(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    infer = commands.add_parser(
+        "infer",
+        help="scan folders in (DICOM, NIfTI, NRRD, MHA), Slicer-ready anomaly volumes out",
+        description="Find every scan under INPUT (DICOM series grouped by SeriesInstanceUID, .nii/.nii.gz, "
+        ".nrrd, .mha/.mhd), run the 2D model slice by slice and write, per scan, <scan>_anomaly.nii.gz "
+        "(float32 map), <scan>_mask.nii.gz (uint8), <scan>_mask.seg.nrrd (3D Slicer segmentation), "
+        "<scan>_seg.dcm (DICOM SEG, DICOM input only) and <scan>_report.json, all in the scan's own geometry, "
+        "plus summary.csv sorted by scan score. Finished scans are skipped unless --overwrite; a failing scan "
+        "is reported and the run goes on (exit code 1 if any failed).",
+    )
+    infer.add_argument("input", help="folder (searched recursively) or a single scan file")
+    infer.add_argument("output", help="output folder (not inside the input folder)")
+    infer.add_argument("--window", default="auto",
+                       help="auto (from Modality: CT brain window, MR/others percentile scaling), brain, subdural, "
+                       "abdomen, liver, lung, bone, percentile, or WIDTH,LEVEL in HU")
+    infer.add_argument("--planes", default="axial",
+                       help="comma-separated planes; axial,coronal,sagittal averages the three (tri-planar)")
+    infer.add_argument("--batch-size", type=int, default=8, help="slices per model call")
+    infer.add_argument("--threshold", type=float, default=None,
+                       help="mask threshold on the map (default: the head's calibrated threshold)")
+    infer.add_argument("--overwrite", action="store_true", help="redo scans that already have a report")
+    infer.add_argument("--output-inside-input", action="store_true",
+                       help="allow the output folder to be inside the input folder")
+    _add_model_arguments(infer)
+    infer.set_defaults(run=_infer)
 
     train = commands.add_parser(
         "train",

@@ -1,0 +1,213 @@
+"""Folder runs: every scan of a folder to an anomaly map, a mask and a report in the scan's geometry.
+
+Per scan ``<name>``: ``<name>_anomaly.nii.gz`` (float32 map), ``<name>_mask.nii.gz``
+(uint8 labelmap), ``<name>_mask.seg.nrrd`` (3D Slicer segmentation, segment
+"anomaly"), for DICOM input ``<name>_seg.dcm`` (DICOM SEG referencing the source
+series), and ``<name>_report.json`` (written last: its presence marks a finished
+scan, so an interrupted run resumes). A failing scan is logged with its path and
+reason, its partial outputs are removed, and the run goes on; ``summary.csv``
+lists every scan, sorted by scan score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .inference import SliceInferer, scan_scores
+from .model import VisualAD
+from .runtime import file_sha256
+from .volumes import (
+    DicomSeries,
+    ScanLoadError,
+    ScanSource,
+    find_scans,
+    load_scan,
+    write_dicom_seg,
+    write_json,
+    write_nifti,
+    write_seg_nrrd,
+    write_summary_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = ("scan", "status", "score_max_slice", "score_top1pct", "anomalous_voxels", "kind", "modality",
+                  "shape", "seconds", "error", "source")
+
+
+@dataclass
+class RunSettings:
+    """Options of a folder run.
+
+    Attributes:
+        planes: anatomical planes; several average the maps (tri-planar fusion).
+        window: intensity window (``auto`` picks from Modality; see :mod:`visualad_med.transforms`).
+        batch_size: slices per model call.
+        threshold: on the map; ``None`` uses the head's calibrated threshold.
+        overwrite: redo scans whose report already exists.
+        skip_empty: leave slices without body out of the model (map 0, score absent).
+        progress: show progress bars.
+    """
+
+    planes: tuple[str, ...] = ("axial",)
+    window: str | tuple[float, float] = "auto"
+    batch_size: int = 8
+    threshold: float | None = None
+    overwrite: bool = False
+    skip_empty: bool = True
+    progress: bool = True
+
+
+def output_paths(out_dir: Path, name: str, dicom: bool) -> dict[str, Path]:
+    """Output files of scan ``name``; the report comes last."""
+    paths = {
+        "anomaly": out_dir / f"{name}_anomaly.nii.gz",
+        "mask": out_dir / f"{name}_mask.nii.gz",
+        "segmentation": out_dir / f"{name}_mask.seg.nrrd",
+    }
+    if dicom:
+        paths["dicom_seg"] = out_dir / f"{name}_seg.dcm"
+    paths["report"] = out_dir / f"{name}_report.json"
+    return paths
+
+
+def process_scan(
+    model: VisualAD, source: ScanSource, out_dir: Path, settings: RunSettings, head_sha256: str | None
+) -> dict:
+    """Run one scan and write its outputs; returns its report. Raises on failure."""
+    started = time.perf_counter()
+    volume = load_scan(source)
+    loaded = time.perf_counter()
+    device = next(model.parameters()).device
+    inferer = SliceInferer(settings.planes, settings.window, settings.batch_size, device=device,
+                           skip_empty=settings.skip_empty, progress=settings.progress)
+    anomaly = inferer(volume, model)[0]
+    inferred = time.perf_counter()
+    threshold = model.threshold if settings.threshold is None else settings.threshold
+    mask = (anomaly > threshold).to(torch.uint8)
+    affine = volume.affine.numpy()
+    paths = output_paths(out_dir, source.name, source.kind == "dicom")
+    write_nifti(anomaly.numpy(), affine, paths["anomaly"])
+    write_nifti(mask.numpy(), affine, paths["mask"])
+    write_seg_nrrd(mask.numpy(), affine, paths["segmentation"])
+    if source.kind == "dicom":
+        series = DicomSeries.from_files(source.files)
+        write_dicom_seg(series.to_source_frames(mask.numpy()), series.datasets, paths["dicom_seg"],
+                        "VisualAD zero-shot anomaly detection", __version__)
+    scores = inferer.last_scores
+    summary = scan_scores(anomaly, scores.scores)
+    finished = time.perf_counter()
+    slices = max(1, scores.slices_run)
+    report = {
+        "scan": source.name,
+        "source": {"kind": source.kind, "files": len(source.files), "path": str(source.path),
+                   "modality": source.modality, "series_uid": source.series_uid},
+        "shape": list(anomaly.shape),
+        "affine": affine.tolist(),
+        "spacing_mm": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
+        "gantry_tilt_deg": volume.meta.get("gantry_tilt_deg"),
+        "interpolated_slices": volume.meta.get("interpolated_slices"),
+        "window": scores.window,
+        "planes": list(settings.planes),
+        "threshold": threshold,
+        "threshold_source": "head (F1-max on industrial training data)" if settings.threshold is None else "user",
+        "scores": {**summary, "slice_axis": scores.axis, "slice_plane": scores.plane, "per_slice": scores.scores},
+        "anomalous_voxels": int(mask.sum()),
+        "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,
+                  "image_size": model.config.image_size, "taps": list(model.config.taps),
+                  "scoring": model.config.scoring, "head_sha256": head_sha256, "visualad_med": __version__},
+        "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - loaded, 3),
+                    "write": round(finished - inferred, 3), "total": round(finished - started, 3),
+                    "per_slice": round((inferred - loaded) / slices, 4), "slices_run": scores.slices_run},
+        "outputs": {key: path.name for key, path in paths.items()},
+    }
+    write_json(report, paths["report"])
+    return report
+
+
+def _summary_row(source: ScanSource, report: dict) -> dict:
+    """The ``summary.csv`` row of a finished scan."""
+    return {
+        "scan": source.name, "status": "ok", "score_max_slice": report["scores"]["max_slice_score"],
+        "score_top1pct": report["scores"]["top1pct_mean"], "anomalous_voxels": report["anomalous_voxels"],
+        "kind": source.kind, "modality": source.modality, "shape": "x".join(map(str, report["shape"])),
+        "seconds": report["seconds"]["total"], "error": "", "source": str(source.path),
+    }
+
+
+def _remove_outputs(paths: dict[str, Path]) -> None:
+    for path in paths.values():
+        path.unlink(missing_ok=True)
+
+
+def _check_output_dir(input_path: Path, out_dir: Path, allow_inside_input: bool) -> None:
+    root = input_path if input_path.is_dir() else input_path.parent
+    inside = out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents
+    if inside and not allow_inside_input:
+        raise ValueError(f"output folder {out_dir} is inside the input folder {root}; choose another folder "
+                         "(or allow it explicitly)")
+
+
+def run_folder(
+    model: VisualAD,
+    input_path: Path,
+    out_dir: Path,
+    settings: RunSettings,
+    head_path: Path | None = None,
+    allow_inside_input: bool = False,
+) -> tuple[int, int]:
+    """Process every scan under ``input_path``; returns ``(succeeded, failed)``.
+
+    Scans already finished (their report exists) are skipped unless
+    ``settings.overwrite``; under ``torchrun`` each process takes every
+    ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``.
+    """
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if not input_path.exists():
+        raise FileNotFoundError(f"input {input_path} does not exist")
+    _check_output_dir(input_path, out_dir, allow_inside_input)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"output folder {out_dir} is not writable")
+    scans = find_scans(input_path, exclude=[out_dir])
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    scans = scans[rank::world]
+    if not scans:
+        logger.error("no scans found under %s (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)", input_path)
+        return 0, 1
+    head_sha256 = file_sha256(head_path) if head_path else None
+    model.eval()
+    rows, failed = [], 0
+    for source in tqdm(scans, desc="scans", unit="scan", disable=not settings.progress):
+        paths = output_paths(out_dir, source.name, source.kind == "dicom")
+        if paths["report"].exists() and not settings.overwrite:
+            logger.info("%s: already done (%s exists), skipped; --overwrite redoes it", source.name,
+                        paths["report"].name)
+            rows.append(_summary_row(source, json.loads(paths["report"].read_text())))
+            continue
+        try:
+            rows.append(_summary_row(source, process_scan(model, source, out_dir, settings, head_sha256)))
+        except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
+            _remove_outputs(paths)
+            failed += 1
+            reason = error.reason if isinstance(error, ScanLoadError) else f"{type(error).__name__}: {error}"
+            logger.error("%s: failed: %s", getattr(error, "path", source.path), reason)
+            rows.append({"scan": source.name, "status": "failed", "kind": source.kind, "modality": source.modality,
+                         "error": reason, "source": str(source.path)})
+    rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
+    name = "summary.csv" if world == 1 else f"summary_rank{rank}.csv"
+    write_summary_csv(rows, out_dir / name, fieldnames=SUMMARY_FIELDS)
+    succeeded = len(rows) - failed
+    logger.info("%d scans succeeded, %d failed; summary in %s", succeeded, failed, out_dir / name)
+    return succeeded, failed
+
