@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +134,16 @@ def test_cli_bad_training_data_gives_a_clear_error(tmp_path, caplog, case, messa
     assert code == 2
     assert message in caplog.text
     assert not (tmp_path / "run/head.safetensors").exists()
+
+
+def test_torchrun_trains_with_two_processes(tmp_path):
+    root = make_mvtec(tmp_path / "data")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "visualad_med.cli",
+               "train", "--data", str(root), "--layout", "mvtec", "--out", str(tmp_path / "run"), "--epochs", "1",
+               "--batch-size", "2", *TINY_CLI[:-2]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "epoch 1/1" in result.stderr and (tmp_path / "run/head.safetensors").is_file()
+    head = build_model("vit_tiny_patch16_224", backbone_weights="random", image_size=32, taps=(6, 12))
+    assert head.load_head(tmp_path / "run/head.safetensors").config.training["processes"] == 2
