@@ -44,7 +44,12 @@ def f1_max_threshold(positive: np.ndarray, negative: np.ndarray, edges: np.ndarr
 
 
 def calibrate_threshold(
-    model: VisualAD, dataset: Dataset, device: torch.device, batch_size: int = 8, max_images: int | None = None
+    model: VisualAD,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    precision: str = "auto",
 ) -> float:
     """F1-max pixel threshold of ``model``'s smoothed map over ``dataset`` (images with masks).
 
@@ -64,7 +69,7 @@ def calibrate_threshold(
             keep = batch["has_mask"].bool()
             if not keep.any():
                 continue
-            with autocast(device):
+            with autocast(device, precision):
                 maps = model(batch["image"][keep].to(device))["map"].float().cpu().numpy()
             masks = batch["mask"][keep].numpy() > 0.5
             positive += np.histogram(maps[masks], edges)[0]

@@ -113,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     model = build_model(args.backbone, backbone_weights=args.backbone_weights, image_size=args.image_size,
-                        taps=tuple(int(t) for t in args.taps.split(",")) if args.taps else None)
+                        taps=tuple(int(t) for t in args.taps.split(",")) if args.taps else None, seed=args.seed)
     config = model.config
     base = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
     dataset = base
@@ -122,7 +122,8 @@ def _train(args: argparse.Namespace) -> int:
         dataset = build_synthetic_training_set(base, spec, seed=args.seed)
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_tokens=args.lr,
                                lr_head=args.lr * 0.1, seed=args.seed, max_steps=args.max_steps,
-                               workers=args.workers, calibration_images=args.calibration_images)
+                               workers=args.workers, calibration_images=args.calibration_images,
+                               precision=args.precision)
     provenance = {"data": str(args.data), "layout": args.layout, "split": args.split,
                   "synthetic": args.synthetic, "synthetic_probability": args.synthetic_probability,
                   "synthetic_source": args.synthetic_source, "command": " ".join(sys.argv)}
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synthetic-source", action="append",
                        help="texture source for perlin anomalies: a folder of non-medical images, or 'skimage' "
                        "(scikit-image's photos); repeatable")
+    train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="autocast of the forward pass: auto = bf16 on CUDA, fp32 on the CPU; bf16 on a CPU "
+                       "with AVX512-BF16 is about 1.5x faster")
     train.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.set_defaults(run=_train)

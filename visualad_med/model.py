@@ -18,7 +18,16 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from . import checkpoint, weights
-from .backbone import PRESETS, TokenViT, default_taps, num_patches, pretrained_grid_of, resize_patch_table, square_grid
+from .backbone import (
+    PRESETS,
+    TokenViT,
+    default_taps,
+    num_patches,
+    patch_size_of,
+    pretrained_grid_of,
+    resize_patch_table,
+    square_grid,
+)
 from .checkpoint import HeadCheckpointError, HeadConfig
 from .head import SelfAlignment, SpatialCrossAttention, token_contrast
 from .selfsim import default_layers, self_similarity_scores
@@ -295,6 +304,7 @@ def build_model(
     backbone_weights: str | Path | None = None,
     image_size: int | None = None,
     taps: tuple[int, ...] | list[int] | None = None,
+    seed: int = 0,
 ) -> VisualAD:
     """Build VisualAD on a frozen timm ViT with a fresh (untrained) head.
 
@@ -308,6 +318,8 @@ def build_model(
         image_size: square input side in pixels (multiple of the patch size);
             default: the preset's, else the backbone's own.
         taps: 1-based tap layers; default: the preset's, else ``L/4, L/2, 3L/4, L``.
+        seed: seeds the fresh head's initialisation, so an untrained head is
+            the same in every run (the global random state is left as it was).
 
     Returns:
         The model in eval mode on the CPU.
@@ -319,10 +331,12 @@ def build_model(
         weights.load_pretrained(vit, vit.pretrained_cfg["architecture"], tag)
     elif str(backbone_weights) == weights.RANDOM:
         logger.warning("backbone %s keeps random weights: its maps mean nothing", name)
-    token_vit = TokenViT(vit, tuple(taps) if taps else (preset_taps or default_taps(len(vit.blocks))))
-    patch = token_vit.patch_size
+    patch = patch_size_of(vit)
     size = image_size or preset_size or pretrained_grid_of(vit)[0] * patch
     num_patches(size, patch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        token_vit = TokenViT(vit, tuple(taps) if taps else (preset_taps or default_taps(len(vit.blocks))))
     data_config = resolve_data_config({}, model=vit)
     config = HeadConfig(
         backbone=name,
@@ -335,7 +349,9 @@ def build_model(
         mean=tuple(float(v) for v in data_config["mean"]),
         std=tuple(float(v) for v in data_config["std"]),
     )
-    return VisualAD(token_vit, config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        return VisualAD(token_vit, config).eval()
 
 
 def load_model(head: str | Path, *, backbone: str | None = None, backbone_weights: str | Path | None = None) -> VisualAD:

@@ -15,15 +15,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from tqdm import tqdm
 
 from . import __version__
-from .inference import SliceInferer, scan_scores
+from .inference import SliceInferer, SliceScores, scan_scores
 from .model import VisualAD
 from .runtime import file_sha256
 from .volumes import (
@@ -81,20 +83,69 @@ def output_paths(out_dir: Path, name: str, dicom: bool) -> dict[str, Path]:
     return paths
 
 
+def make_inferer(model: VisualAD, settings: RunSettings) -> SliceInferer:
+    """The :class:`SliceInferer` of a folder run, on the model's device."""
+    device = next(model.parameters()).device
+    return SliceInferer(settings.planes, settings.window, settings.batch_size, device=device,
+                        skip_empty=settings.skip_empty, progress=settings.progress)
+
+
+def mask_threshold(model: VisualAD, settings: RunSettings) -> float:
+    """The threshold on the map: the user's, else the head's calibrated one."""
+    return model.threshold if settings.threshold is None else settings.threshold
+
+
 def process_scan(
-    model: VisualAD, source: ScanSource, out_dir: Path, settings: RunSettings, head_sha256: str | None
+    model: VisualAD,
+    source: ScanSource,
+    out_dir: Path,
+    settings: RunSettings,
+    head_sha256: str | None,
+    inferer: SliceInferer | None = None,
 ) -> dict:
-    """Run one scan and write its outputs; returns its report. Raises on failure."""
+    """Run one scan and write its outputs; returns its report. Raises on failure.
+
+    ``inferer`` defaults to :func:`make_inferer` of ``settings``.
+    """
     started = time.perf_counter()
     volume = load_scan(source)
     loaded = time.perf_counter()
-    device = next(model.parameters()).device
-    inferer = SliceInferer(settings.planes, settings.window, settings.batch_size, device=device,
-                           skip_empty=settings.skip_empty, progress=settings.progress)
+    inferer = inferer or make_inferer(model, settings)
     anomaly = inferer(volume, model)[0]
     inferred = time.perf_counter()
-    threshold = model.threshold if settings.threshold is None else settings.threshold
-    mask = (anomaly > threshold).to(torch.uint8)
+    mask = (anomaly > mask_threshold(model, settings)).to(torch.uint8)
+    return write_scan_outputs(model, source, volume, anomaly, mask, inferer.last_scores, out_dir, settings,
+                              head_sha256, (started, loaded, inferred))
+
+
+def write_scan_outputs(
+    model: VisualAD,
+    source: ScanSource,
+    volume: MetaTensor,
+    anomaly: torch.Tensor,
+    mask: torch.Tensor,
+    scores: SliceScores,
+    out_dir: Path,
+    settings: RunSettings,
+    head_sha256: str | None,
+    times: tuple[float, float, float],
+) -> dict:
+    """Write the outputs of one scan (report last) and return the report.
+
+    Args:
+        model: the model that made the map (its config is recorded).
+        source: the scan.
+        volume: the loaded ``(1, X, Y, Z)`` volume (its affine and meta are used).
+        anomaly: ``(X, Y, Z)`` float32 map.
+        mask: ``(X, Y, Z)`` uint8 mask.
+        scores: the inferer's :attr:`~visualad_med.inference.SliceInferer.last_scores`.
+        out_dir: output folder.
+        settings: the run's planes and threshold (recorded).
+        head_sha256: sha256 of the head file, ``None`` for an untrained head.
+        times: ``time.perf_counter()`` at the start, after loading and after inference.
+    """
+    started, loaded, inferred = times
+    threshold = mask_threshold(model, settings)
     affine = volume.affine.numpy()
     paths = output_paths(out_dir, source.name, source.kind == "dicom")
     write_nifti(anomaly.numpy(), affine, paths["anomaly"])
@@ -104,7 +155,6 @@ def process_scan(
         series = DicomSeries.from_files(source.files)
         write_dicom_seg(series.to_source_frames(mask.numpy()), series.datasets, paths["dicom_seg"],
                         "VisualAD zero-shot anomaly detection", __version__)
-    scores = inferer.last_scores
     summary = scan_scores(anomaly, scores.scores)
     finished = time.perf_counter()
     slices = max(1, scores.slices_run)
@@ -180,23 +230,42 @@ def run_folder(
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"output folder {out_dir} is not writable")
     scans = find_scans(input_path, exclude=[out_dir])
+    head_sha256 = file_sha256(head_path) if head_path else None
+    model.eval()
+    return run_scans(scans, out_dir, lambda source: process_scan(model, source, out_dir, settings, head_sha256),
+                     overwrite=settings.overwrite, progress=settings.progress, where=input_path)
+
+
+def run_scans(
+    scans: list[ScanSource],
+    out_dir: Path,
+    process: Callable[[ScanSource], dict],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    where: Path | str = "",
+) -> tuple[int, int]:
+    """Run ``process`` (which writes a scan's outputs and returns its report) over ``scans``; write the summary.
+
+    Scans whose report exists are skipped unless ``overwrite``; a scan that raises is logged, its
+    partial outputs removed, and the run goes on. Under ``torchrun`` each process takes every
+    ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
+    """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     scans = scans[rank::world]
     if not scans:
-        logger.error("no scans found under %s (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)", input_path)
+        logger.error("no scans found under %s (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)", where)
         return 0, 1
-    head_sha256 = file_sha256(head_path) if head_path else None
-    model.eval()
     rows, failed = [], 0
-    for source in tqdm(scans, desc="scans", unit="scan", disable=not settings.progress):
+    for source in tqdm(scans, desc="scans", unit="scan", disable=not progress):
         paths = output_paths(out_dir, source.name, source.kind == "dicom")
-        if paths["report"].exists() and not settings.overwrite:
+        if paths["report"].exists() and not overwrite:
             logger.info("%s: already done (%s exists), skipped; --overwrite redoes it", source.name,
                         paths["report"].name)
             rows.append(_summary_row(source, json.loads(paths["report"].read_text())))
             continue
         try:
-            rows.append(_summary_row(source, process_scan(model, source, out_dir, settings, head_sha256)))
+            rows.append(_summary_row(source, process(source)))
         except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
             _remove_outputs(paths)
             failed += 1
@@ -210,4 +279,3 @@ def run_folder(
     succeeded = len(rows) - failed
     logger.info("%d scans succeeded, %d failed; summary in %s", succeeded, failed, out_dir / name)
     return succeeded, failed
-

@@ -54,6 +54,7 @@ class TrainConfig:
         max_steps: optional cap on steps per epoch (quick runs).
         workers: ``DataLoader`` worker processes.
         calibration_images: images of the training set used for the threshold (all when None).
+        precision: autocast of the forward pass (see :func:`visualad_med.runtime.autocast`).
     """
 
     epochs: int = 2
@@ -67,6 +68,7 @@ class TrainConfig:
     max_steps: int | None = None
     workers: int = 0
     calibration_images: int | None = None
+    precision: str = "auto"
 
 
 def cosine_factor(epoch: int, epochs: int, final_fraction: float) -> float:
@@ -140,7 +142,7 @@ def _load_state(out_dir: Path, model: VisualAD, optimizer: torch.optim.Optimizer
 
 def train_step(model, images, masks, labels, optimizer, config: TrainConfig, device) -> dict[str, float]:
     """One optimisation step; returns the loss values."""
-    with autocast(device):
+    with autocast(device, config.precision):
         outputs = model(images)
     losses = visualad_losses(outputs, masks, labels)
     optimizer.zero_grad(set_to_none=True)
@@ -171,7 +173,7 @@ def train(
         out_dir: receives ``checkpoints/epoch_NNN.safetensors``, ``train_state.pt``
             and the final ``head.safetensors`` (with the calibrated threshold).
         config: hyper-parameters.
-        device: CPU or CUDA (bf16/fp16 autocast on CUDA).
+        device: CPU or CUDA (bf16/fp16 autocast on CUDA by default).
         calibration_set: images for the F1-max threshold; ``dataset`` when None.
         resume: continue from ``out_dir/train_state.pt``.
         provenance: recorded in the head's config (data, layout, command).
@@ -223,7 +225,7 @@ def train(
         return out_dir / FINAL_HEAD
     model.eval()
     model.config.threshold = calibrate_threshold(
-        model, calibration_set or dataset, device, config.batch_size, config.calibration_images
+        model, calibration_set or dataset, device, config.batch_size, config.calibration_images, config.precision
     )
     model.config.training = {
         **(provenance or {}),
