@@ -109,6 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     from .datasets import build_dataset
     from .model import build_model
     from .runtime import resolve_device
+    from .augment import AugmentedDataset, parse_augmentations
     from .synthetic import build_synthetic_training_set, parse_synthetic_spec
     from .training import TrainConfig, train
 
@@ -120,13 +121,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.synthetic:
         spec = parse_synthetic_spec(args.synthetic, args.synthetic_probability, args.synthetic_source or ())
         dataset = build_synthetic_training_set(base, spec, seed=args.seed)
+    if args.augment:
+        dataset = AugmentedDataset(dataset, parse_augmentations(args.augment), config.mean, config.std,
+                                   args.augment_probability, seed=args.seed)
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_tokens=args.lr,
                                lr_head=args.lr * 0.1, seed=args.seed, max_steps=args.max_steps,
                                workers=args.workers, calibration_images=args.calibration_images,
                                precision=args.precision)
     provenance = {"data": str(args.data), "layout": args.layout, "split": args.split,
                   "synthetic": args.synthetic, "synthetic_probability": args.synthetic_probability,
-                  "synthetic_source": args.synthetic_source, "command": " ".join(sys.argv)}
+                  "synthetic_source": args.synthetic_source, "augment": args.augment,
+                  "augment_probability": args.augment_probability, "command": " ".join(sys.argv)}
     train(model, dataset, Path(args.out), train_config, resolve_device(args.device), calibration_set=base,
           resume=args.resume, provenance=provenance)
     return 0
@@ -262,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synthetic-source", action="append",
                        help="texture source for perlin anomalies: a folder of non-medical images, or 'skimage' "
                        "(scikit-image's photos); repeatable")
+    train.add_argument("--augment", default=None,
+                       help="polarity/background augmentations: invert, shrinkpad, or all (see visualad_med.augment)")
+    train.add_argument("--augment-probability", type=float, default=0.5, help="chance of each augmentation")
     train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast of the forward pass: auto = bf16 on CUDA, fp32 on the CPU; bf16 on a CPU "
                        "with AVX512-BF16 is about 1.5x faster")

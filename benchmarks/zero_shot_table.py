@@ -1,0 +1,87 @@
+"""Zero-shot dev-set table: a head's scorings on LGG (image + pixel) and polyps/skin (pixel).
+
+One forward pass per image gives both the trained head's map and the
+self-similarity map; ``combined`` maps with several weights are their sums
+(upsampling and smoothing are linear), so every row comes from the same pass.
+Rows: ``w=0`` is the head alone (visualad), ``w=inf`` self-similarity alone.
+
+    python benchmarks/zero_shot_table.py --head bundles/visualad_zsad/models/visualad_head.safetensors
+    python benchmarks/zero_shot_table.py --head untrained --backbone dinov2-s14-224
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from visualad_med import build_model, load_model
+from visualad_med.datasets import build_dataset, collate_skip_invalid
+from visualad_med.metrics import PixelMetricAccumulator, image_metrics
+from visualad_med.model import top_fraction_mean, upsample_scores
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def collect(model, root: Path, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Smoothed head maps, smoothed self-similarity maps, masks and labels of a set (model resolution)."""
+    config = model.config
+    dataset = build_dataset("mvfa", root, config.image_size, config.mean, config.std, missing_mask="skip")
+    head_maps, selfsim_maps, masks, labels = [], [], [], []
+    model.set_scoring("selfsim")
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size, collate_fn=collate_skip_invalid):
+            out = model(batch["image"])
+            size = out["map"].shape[-2:]
+            head = torch.stack(list(out["patch_scores"].values())).sum(0)
+            head_maps.append(model.smoothing(upsample_scores(head, size)))
+            selfsim_maps.append(out["map"])
+            masks.append(batch["mask"] > 0.5)
+            labels.append(batch["label"])
+    return torch.cat(head_maps), torch.cat(selfsim_maps), torch.cat(masks), torch.cat(labels)
+
+
+def row(maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, image_level: bool) -> dict[str, float]:
+    accumulator = PixelMetricAccumulator()
+    accumulator.update(maps.numpy(), masks.numpy())
+    pixel = accumulator.compute()
+    values = {"pixel_auroc": pixel["pixel_auroc"], "pixel_aupro": pixel["pixel_aupro"]}
+    if image_level:
+        values.update(image_metrics(top_fraction_mean(maps).numpy(), labels.numpy()))
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head", required=True, help="head file, or 'untrained'")
+    parser.add_argument("--backbone", default="dinov2-s14-224", help="backbone of an untrained head")
+    parser.add_argument("--weights", default="0,0.5,1,2,inf", help="self-similarity weights of the combined rows")
+    parser.add_argument("--lgg", type=Path, default=SHARED / "lgg_mvfa")
+    parser.add_argument("--polyp", type=Path, default=SHARED / "polyp_skin_mvfa")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    model = build_model(args.backbone) if args.head == "untrained" else load_model(args.head)
+    lgg, polyp = collect(model, args.lgg, args.batch_size), collect(model, args.polyp, args.batch_size)
+    print(f"head {args.head}, backbone {model.config.backbone}, image size {model.image_size}")
+    print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
+    print("|---|---|---|---|---|---|---|")
+    for text in args.weights.split(","):
+        weight = float(text)
+        name = {0.0: "visualad"}.get(weight, "selfsim" if math.isinf(weight) else f"combined w={weight:g}")
+
+        def mix(head, selfsim):
+            return selfsim if math.isinf(weight) else head + weight * selfsim
+
+        first = row(mix(lgg[0], lgg[1]), lgg[2], lgg[3], image_level=True)
+        second = row(mix(polyp[0], polyp[1]), polyp[2], polyp[3], image_level=False)
+        cells = [first["image_auroc"], first["image_ap"], first["image_f1_max"], first["pixel_auroc"],
+                 first["pixel_aupro"], second["pixel_auroc"]]
+        print(f"| {name} | " + " | ".join(f"{100 * np.float64(v):.1f}" for v in cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
