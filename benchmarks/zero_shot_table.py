@@ -59,12 +59,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head", required=True, help="head file, or 'untrained'")
     parser.add_argument("--backbone", default="dinov2-s14-224", help="backbone of an untrained head")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="run a head at another input size (its SCA position tables are resampled)")
     parser.add_argument("--weights", default="0,0.5,1,2,inf", help="self-similarity weights of the combined rows")
     parser.add_argument("--lgg", type=Path, default=SHARED / "lgg_mvfa")
     parser.add_argument("--polyp", type=Path, default=SHARED / "polyp_skin_mvfa")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    model = build_model(args.backbone) if args.head == "untrained" else load_model(args.head)
+    if args.head == "untrained":
+        model = build_model(args.backbone, image_size=args.image_size)
+    elif args.image_size:
+        head_config = load_model(args.head).config
+        model = build_model(head_config.backbone, image_size=args.image_size, taps=head_config.taps).load_head(args.head)
+    else:
+        model = load_model(args.head)
     lgg, polyp = collect(model, args.lgg, args.batch_size), collect(model, args.polyp, args.batch_size)
     print(f"head {args.head}, backbone {model.config.backbone}, image size {model.image_size}")
     print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
