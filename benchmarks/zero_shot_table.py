@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from visualad_med import build_model, load_model
+from visualad_med import build_model, checkpoint, load_model
 from visualad_med.datasets import build_dataset, collate_skip_invalid
 from visualad_med.metrics import PixelMetricAccumulator, image_metrics
 from visualad_med.model import top_fraction_mean, upsample_scores
@@ -69,7 +69,7 @@ def main() -> None:
     if args.head == "untrained":
         model = build_model(args.backbone, image_size=args.image_size)
     elif args.image_size:
-        head_config = load_model(args.head).config
+        _, head_config, _ = checkpoint.read(Path(args.head))
         model = build_model(head_config.backbone, image_size=args.image_size, taps=head_config.taps).load_head(args.head)
     else:
         model = load_model(args.head)

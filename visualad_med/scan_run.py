@@ -25,9 +25,10 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from . import __version__
-from .inference import SliceInferer, SliceScores, scan_scores
+from .inference import SliceInferer, SliceScores, check_planes, scan_scores
 from .model import VisualAD
 from .runtime import file_sha256
+from .transforms import resolve_window
 from .volumes import (
     DicomSeries,
     ScanLoadError,
@@ -68,6 +69,14 @@ class RunSettings:
     overwrite: bool = False
     skip_empty: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Check the settings before any scan is read, so a typo fails the run once, not every scan."""
+        check_planes(self.planes)
+        if self.window != "auto":
+            resolve_window(self.window)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def output_paths(out_dir: Path, name: str, dicom: bool) -> dict[str, Path]:
@@ -168,6 +177,7 @@ def write_scan_outputs(
         "gantry_tilt_deg": volume.meta.get("gantry_tilt_deg"),
         "interpolated_slices": volume.meta.get("interpolated_slices"),
         "window": scores.window,
+        "window_range": scores.intensity_range,
         "planes": list(settings.planes),
         "threshold": threshold,
         "threshold_source": "head (F1-max on industrial training data)" if settings.threshold is None else "user",
@@ -178,7 +188,8 @@ def write_scan_outputs(
                   "scoring": model.config.scoring, "head_sha256": head_sha256, "visualad_med": __version__},
         "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - loaded, 3),
                     "write": round(finished - inferred, 3), "total": round(finished - started, 3),
-                    "per_slice": round((inferred - loaded) / slices, 4), "slices_run": scores.slices_run},
+                    "model": round(scores.model_seconds, 3), "per_slice": round((inferred - loaded) / slices, 4),
+                    "slices_run": scores.slices_run},
         "outputs": {key: path.name for key, path in paths.items()},
     }
     write_json(report, paths["report"])
@@ -200,12 +211,27 @@ def _remove_outputs(paths: dict[str, Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _finished_report(paths: dict[str, Path]) -> dict | None:
+    """The report of a finished scan: it parses and every output it lists exists; else ``None``."""
+    if not paths["report"].is_file():
+        return None
+    try:
+        report = json.loads(paths["report"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not all(path.is_file() for path in paths.values()):
+        return None
+    return report
+
+
 def _check_output_dir(input_path: Path, out_dir: Path, allow_inside_input: bool) -> None:
-    root = input_path if input_path.is_dir() else input_path.parent
-    inside = out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents
-    if inside and not allow_inside_input:
-        raise ValueError(f"output folder {out_dir} is inside the input folder {root}; choose another folder "
-                         "(or allow it explicitly)")
+    """Refuse an output folder inside an input folder (its results would be found as scans next time)."""
+    if not input_path.is_dir() or allow_inside_input:
+        return
+    root, out = input_path.resolve(), out_dir.resolve()
+    if out == root or root in out.parents:
+        raise ValueError(f"output folder {out_dir} is inside the input folder {input_path}; choose a folder "
+                         "outside it (or pass --output-inside-input)")
 
 
 def run_folder(
@@ -230,6 +256,8 @@ def run_folder(
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"output folder {out_dir} is not writable")
     scans = find_scans(input_path, exclude=[out_dir])
+    if not scans:
+        raise ValueError(f"no scans found under {input_path} (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
     head_sha256 = file_sha256(head_path) if head_path else None
     model.eval()
     return run_scans(scans, out_dir, lambda source: process_scan(model, source, out_dir, settings, head_sha256),
@@ -247,8 +275,8 @@ def run_scans(
 ) -> tuple[int, int]:
     """Run ``process`` (which writes a scan's outputs and returns its report) over ``scans``; write the summary.
 
-    Scans whose report exists are skipped unless ``overwrite``; a scan that raises is logged, its
-    partial outputs removed, and the run goes on. Under ``torchrun`` each process takes every
+    Scans whose report exists (readable, with every output it lists) are skipped unless
+    ``overwrite``; a scan that raises is logged, its partial outputs removed, and the run goes on. Under ``torchrun`` each process takes every
     ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
     """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -259,18 +287,23 @@ def run_scans(
     rows, failed = [], 0
     for source in tqdm(scans, desc="scans", unit="scan", disable=not progress):
         paths = output_paths(out_dir, source.name, source.kind == "dicom")
-        if paths["report"].exists() and not overwrite:
+        report = None if overwrite else _finished_report(paths)
+        if report is not None:
             logger.info("%s: already done (%s exists), skipped; --overwrite redoes it", source.name,
                         paths["report"].name)
-            rows.append(_summary_row(source, json.loads(paths["report"].read_text())))
+            rows.append(_summary_row(source, report))
             continue
+        if paths["report"].exists() and not overwrite:
+            logger.warning("%s: %s exists but is unreadable or outputs are missing; redoing the scan",
+                           source.name, paths["report"].name)
         try:
             rows.append(_summary_row(source, process(source)))
-        except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
+        except Exception as error:  # one scan's failure, whatever its kind, must not stop the run
             _remove_outputs(paths)
             failed += 1
+            known = isinstance(error, (ScanLoadError, ValueError, OSError, RuntimeError))
             reason = error.reason if isinstance(error, ScanLoadError) else f"{type(error).__name__}: {error}"
-            logger.error("%s: failed: %s", getattr(error, "path", source.path), reason)
+            logger.error("%s: failed: %s", getattr(error, "path", source.path), reason, exc_info=not known)
             rows.append({"scan": source.name, "status": "failed", "kind": source.kind, "modality": source.modality,
                          "error": reason, "source": str(source.path)})
     rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
