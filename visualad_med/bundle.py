@@ -1,0 +1,511 @@
+"""Glue for the MONAI bundle ``bundles/visualad_zsad``: what its configs need that the library lacks.
+
+The configs (``configs/inference.json``, ``train.json``, ``evaluate.json``) build everything from
+flat keys with these pieces:
+
+- :func:`build_network`: the model from ``backbone``, ``backbone_weights``, ``head``,
+  ``image_size`` and ``scoring``, wrapped in :class:`VisualADMapNet` (``(B, 3, H, W)`` in,
+  ``(B, 1, H, W)`` anomaly map out, which ``verify_net_in_out`` checks);
+- :func:`scan_datalist`: the scans of ``dataset_dir``, or the example scan when it is unset
+  (:func:`example_scan`);
+- :class:`LoadScand` (preprocessing) and :class:`WriteScanOutputsd` (postprocessing) around
+  :mod:`visualad_med.scan_run`, and :class:`ScanFolderEvaluator`, the workflow ``run`` calls;
+- :func:`run_training` and :func:`run_evaluation` for the other two configs.
+
+A config value that cannot work ends the run with :class:`BundleConfigError`: one line naming
+the key to fix (``dataset_dir: /x does not exist; set --dataset_dir``), no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from torch import nn
+
+from .checkpoint import HeadCheckpointError
+from .img_focus import cache_dir
+from .inference import SliceInferer
+from .model import VisualAD, build_model, load_model
+from .runtime import BUNDLED_HEAD, file_sha256
+from .runtime import resolve_device as _resolve_device
+from .scan_run import RunSettings, mask_threshold as _mask_threshold
+from .scan_run import run_scans, write_scan_outputs
+from .transforms import PLANES, resolve_window
+from .volumes import ScanSource, find_scans, load_scan, write_nifti
+from .weights import BackboneWeightsError
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_ROOT = str(BUNDLED_HEAD.parents[1])
+"""The bundle folder of this checkout (``bundles/visualad_zsad``); the configs' default ``bundle_root``."""
+HEAD_FILE = "models/" + BUNDLED_HEAD.name
+DEFAULT_BACKBONE = "dinov2-s14"
+UNTRAINED = "untrained"
+EXAMPLE_NAME = "mni152_t1_1mm.nii.gz"
+SCAN_KINDS = "DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd"
+
+
+class BundleConfigError(SystemExit):
+    """A config value that cannot work: ends ``monai.bundle run`` with one line naming the key.
+
+    A ``SystemExit`` so that MONAI's config parser lets it through unwrapped and Python prints
+    the message alone (exit status 1). ``key`` and ``message`` are kept as attributes.
+    """
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message.replace(".; ", "; ")  # library messages end in a full stop
+        super().__init__(f"{key}: {self.message}")
+
+
+class BundleRunError(SystemExit):
+    """The run finished but some scans failed (each is logged and listed in ``summary.csv``)."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``; a missing GPU names the ``device`` key."""
+    if isinstance(device, torch.device):
+        return device
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BundleConfigError("device", f"{device} was asked for but no CUDA device is available; set --device cpu "
+                                "(or auto)")
+    try:
+        return _resolve_device(str(device))
+    except (ValueError, RuntimeError) as error:
+        raise BundleConfigError("device", f"{error}; set --device auto, cpu, cuda or cuda:N") from None
+
+
+def as_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
+    """``"axial"``, ``"axial,coronal,sagittal"`` or a list of planes, as a tuple; checked."""
+    names = tuple(str(plane).strip() for plane in (planes.split(",") if isinstance(planes, str) else planes))
+    if not names or any(name not in PLANES for name in names) or len(set(names)) != len(names):
+        raise BundleConfigError("planes", f"expected distinct planes among {', '.join(sorted(PLANES))}, got "
+                                f"{list(names)}; set --planes, e.g. axial,coronal,sagittal")
+    return names
+
+
+def as_window(window: str | Sequence[float]) -> str | tuple[float, float]:
+    """``auto``, a preset name, ``"WIDTH,LEVEL"`` in HU or ``[width, level]``; checked."""
+    try:
+        if isinstance(window, str) and "," not in window:
+            return window if window == "auto" else resolve_window(window)
+        width, level = window.split(",") if isinstance(window, str) else window
+        return resolve_window((float(width), float(level)))
+    except (ValueError, TypeError) as error:
+        raise BundleConfigError("window", f"{error}; set --window auto, a preset or WIDTH,LEVEL in HU") from None
+
+
+def as_taps(taps: str | int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``None``, ``"3,6,9,12"`` or a list of 1-based tap layers."""
+    if taps is None:
+        return None
+    if isinstance(taps, int):
+        return (taps,)
+    values = taps.split(",") if isinstance(taps, str) else taps
+    return tuple(int(v) for v in values)
+
+
+class VisualADMapNet(nn.Module):
+    """VisualAD as a plain map network: ``(B, 3, H, W)`` normalised images to ``(B, 1, H, W)`` maps.
+
+    The map is the model's smoothed ``map`` (sum over tap layers of ``cos(SAF(p), a') -
+    cos(SAF(p), n')``); :attr:`model` is the :class:`~visualad_med.model.VisualAD` inside, which
+    the slice inferer runs. ``head_path`` is the head file it was loaded from (``None``: untrained).
+    """
+
+    def __init__(self, model: VisualAD, head_path: Path | None = None):
+        super().__init__()
+        self.model = model
+        self.head_path = head_path
+        self.head_sha256 = file_sha256(head_path) if head_path else None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def threshold(self) -> float:
+        return self.model.threshold
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, 1, H, W)`` float anomaly map."""
+        return self.model(images)["map"].unsqueeze(1)
+
+
+def unwrap(network: nn.Module) -> VisualAD:
+    """The :class:`VisualAD` inside a :class:`VisualADMapNet` (or the model itself)."""
+    return network.model if isinstance(network, VisualADMapNet) else network
+
+
+def head_file(head: str | Path | None, bundle_root: str | Path = BUNDLE_ROOT) -> Path | None:
+    """The head file ``head`` names; ``None`` for ``untrained``.
+
+    The bundle's own head (``<bundle_root>/models/visualad_head.safetensors``) falls back to an
+    untrained head with a warning while it is absent, as ``visualad-med`` does; any other missing
+    file is an error naming ``head``.
+    """
+    if head is None or str(head) == UNTRAINED:
+        return None
+    path = Path(head)
+    if path.is_file():
+        return path
+    if path.resolve() == (Path(bundle_root) / HEAD_FILE).resolve():
+        logger.warning("the bundle's trained head %s is absent: running an UNTRAINED head, whose maps mean "
+                       "nothing; set --head FILE (or --head untrained to silence this)", path)
+        return None
+    raise BundleConfigError("head", f"{path} does not exist; set --head to a head file or --head {UNTRAINED}")
+
+
+def _model_error(error: Exception) -> BundleConfigError:
+    """The config key behind a model-building error."""
+    text = str(error)
+    if isinstance(error, HeadCheckpointError):
+        return BundleConfigError("head", f"{text}; set --head to a head trained on this backbone, --backbone to "
+                                 f"the head's, or --head {UNTRAINED}")
+    if isinstance(error, BackboneWeightsError):
+        return BundleConfigError("backbone_weights", f"{text}; set --backbone_weights FILE (or random for smoke "
+                                 "tests)")
+    if "image size" in text:
+        return BundleConfigError("image_size", f"{text}; set --image_size to a multiple of the patch size")
+    if "tap layers" in text:
+        return BundleConfigError("taps", f"{text}; set --taps to 1-based block numbers of the backbone")
+    return BundleConfigError("backbone", f"{text}; set --backbone")
+
+
+def build_network(
+    backbone: str | None = None,
+    backbone_weights: str | None = None,
+    head: str | Path | None = None,
+    image_size: int | None = None,
+    scoring: str | None = None,
+    bundle_root: str | Path = BUNDLE_ROOT,
+) -> VisualADMapNet:
+    """The model the inference and evaluation configs run, on the CPU in eval mode.
+
+    Args:
+        backbone: preset or timm ViT name; default the head's, else ``dinov2-s14`` (offline, img-focus).
+        backbone_weights: local weight file; ``random`` for smoke tests; default the preset's.
+        head: head file, or ``untrained``; see :func:`head_file`.
+        image_size: input side in pixels for an untrained head (a head brings its own).
+        scoring: ``visualad``, ``selfsim`` or ``combined``; default the head's.
+        bundle_root: the bundle folder (to recognise its own head).
+
+    Raises:
+        BundleConfigError: naming the key to fix.
+    """
+    path = head_file(head, bundle_root)
+    try:
+        if path is None:
+            model = build_model(backbone or DEFAULT_BACKBONE, backbone_weights=backbone_weights,
+                                image_size=image_size)
+        else:
+            model = load_model(path, backbone=backbone, backbone_weights=backbone_weights)
+    except (ValueError, TypeError, BackboneWeightsError) as error:
+        raise _model_error(error) from None
+    if scoring:
+        try:
+            model.set_scoring(scoring)
+        except ValueError as error:
+            raise BundleConfigError("scoring", f"{error}; set --scoring") from None
+    logger.info("model: backbone %s, image size %d, taps %s, scoring %s, head %s", model.config.backbone,
+                model.config.image_size, list(model.config.taps), model.config.scoring, path or UNTRAINED)
+    return VisualADMapNet(model.eval(), path)
+
+
+def mask_threshold(network: nn.Module, threshold: float | None) -> float:
+    """The mask threshold on the map: ``threshold``, else the head's calibrated one."""
+    return _mask_threshold(unwrap(network), RunSettings(threshold=threshold))
+
+
+def example_scan(folder: Path | None = None) -> Path:
+    """Write the example scan once and return its folder.
+
+    The MNI152 T1 template at 1 mm (ICBM 2009a nonlinear symmetric, 197 x 233 x 189, intensities
+    scaled to [0, 1]) that ships inside the ``nilearn`` wheel (``pip install 'visualad-med[examples]'``);
+    nothing is downloaded. Written as float32 NIfTI into ``folder`` (default
+    ``<cache>/examples/mni152``, the cache being ``$VISUALAD_MED_CACHE`` or ``~/.cache/visualad_med``).
+    """
+    import numpy as np
+
+    folder = Path(folder) if folder is not None else cache_dir() / "examples" / "mni152"
+    target = folder / EXAMPLE_NAME
+    if not target.is_file():
+        try:
+            from nilearn.datasets import load_mni152_template
+        except ModuleNotFoundError:
+            raise BundleConfigError("dataset_dir", "not set, and the example scan needs nilearn: pip install "
+                                    "'visualad-med[examples]', or set --dataset_dir to a folder of scans") from None
+        template = load_mni152_template(resolution=1)
+        write_nifti(np.asarray(template.dataobj, dtype=np.float32), template.affine, target)
+    return folder
+
+
+def scan_datalist(dataset_dir: str | Path | None, output_dir: str | Path) -> list[ScanSource]:
+    """The scans under ``dataset_dir`` (the example scan when it is unset); creates ``output_dir``.
+
+    Raises:
+        BundleConfigError: a ``dataset_dir`` that does not exist or holds no scan, an unset or
+            unwritable ``output_dir``, or one inside the input folder.
+    """
+    if not dataset_dir:
+        folder = example_scan()
+        logger.warning("dataset_dir is not set: running on the example scan %s (MNI152 T1 template, 1 mm, from "
+                       "nilearn's bundled data); set --dataset_dir to run on your scans", folder / EXAMPLE_NAME)
+    else:
+        folder = Path(dataset_dir)
+        if not folder.exists():
+            raise BundleConfigError("dataset_dir", f"{folder} does not exist; set --dataset_dir")
+    if not output_dir:
+        raise BundleConfigError("output_dir", "not set; set --output_dir")
+    out = Path(output_dir)
+    if folder.is_dir() and (out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents):
+        raise BundleConfigError("output_dir", f"{out} is inside the input folder {folder}; set --output_dir to "
+                                "another folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BundleConfigError("output_dir", f"cannot create {out} ({error.strerror}); set --output_dir") from None
+    if not os.access(out, os.W_OK):
+        raise BundleConfigError("output_dir", f"{out} is not writable; set --output_dir")
+    scans = find_scans(folder, exclude=[out])
+    if not scans:
+        raise BundleConfigError("dataset_dir", f"{folder} holds no scans ({SCAN_KINDS}); set --dataset_dir")
+    logger.info("%d scan(s) under %s: %s", len(scans), folder, ", ".join(s.name for s in scans[:10]))
+    return scans
+
+
+class LoadScand(MapTransform):
+    """Load ``data[key]`` (a :class:`~visualad_med.volumes.ScanSource` or path) with :func:`load_scan`.
+
+    The volume is a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine, read through
+    MONAI's ``LoadImage`` with the library's readers; the source goes to ``data["source"]``.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], ScanSource):
+                d.setdefault("source", d[key])
+            d[key] = load_scan(d[key])
+        return d
+
+
+class WriteScanOutputsd(MapTransform):
+    """Write a scan's outputs as ``visualad-med infer`` does; the report goes to ``data["report"]``.
+
+    Reads ``source``, ``image`` (the volume), ``pred`` (``(X, Y, Z)`` map), ``mask``,
+    ``slice_scores`` and ``times`` from the data; see :func:`visualad_med.scan_run.write_scan_outputs`.
+
+    Args:
+        output_dir: output folder.
+        network: the model (its config and head are recorded).
+        planes: the inferer's planes (recorded).
+        threshold: the user's mask threshold, ``None`` for the head's (recorded).
+    """
+
+    def __init__(self, output_dir: str | Path, network: nn.Module, planes: str | Sequence[str] = ("axial",),
+                 threshold: float | None = None, keys: KeysCollection = "pred"):
+        super().__init__(keys)
+        self.output_dir = Path(output_dir)
+        self.network = network
+        self.settings = RunSettings(planes=as_planes(planes), threshold=threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d["report"] = write_scan_outputs(
+                unwrap(self.network), d["source"], d["image"], d[key], d["mask"], d["slice_scores"],
+                self.output_dir, self.settings, getattr(self.network, "head_sha256", None), d["times"],
+            )
+        return d
+
+
+def _transform(transforms: Callable, data: dict) -> dict:
+    """Apply a MONAI ``Compose``, re-raising the original error rather than MONAI's wrapper."""
+    try:
+        return transforms(data)
+    except RuntimeError as error:
+        cause = error
+        while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__:
+            cause = cause.__cause__
+        raise cause from None
+
+
+class ScanFolderEvaluator:
+    """The inference workflow: every scan of ``datalist`` through preprocessing, inferer and postprocessing.
+
+    Writes the same files as ``visualad-med infer`` (per scan ``_anomaly.nii.gz``, ``_mask.nii.gz``,
+    ``_mask.seg.nrrd``, ``_seg.dcm`` for DICOM, ``_report.json``; ``summary.csv``), skips finished
+    scans unless ``overwrite``, logs a failing scan and goes on.
+
+    Args:
+        datalist: the scans (:func:`scan_datalist`).
+        output_dir: output folder.
+        network: :class:`VisualADMapNet` (or :class:`VisualAD`) on its device.
+        preprocessing: ``{"image": ScanSource}`` -> ``{"image": volume, "source": ...}``.
+        inferer: a :class:`~visualad_med.inference.SliceInferer`.
+        postprocessing: thresholding and writers; must leave the report in ``data["report"]``.
+        overwrite: redo scans that already have a report.
+        progress: show progress bars.
+    """
+
+    def __init__(self, datalist: list[ScanSource], output_dir: str | Path, network: nn.Module,
+                 preprocessing: Callable, inferer: SliceInferer, postprocessing: Callable,
+                 overwrite: bool = False, progress: bool = True):
+        self.datalist = list(datalist)
+        self.output_dir = Path(output_dir)
+        self.network = network
+        self.preprocessing = preprocessing
+        self.inferer = inferer
+        self.postprocessing = postprocessing
+        self.overwrite = overwrite
+        self.progress = progress
+
+    def process(self, source: ScanSource) -> dict:
+        """One scan: load, infer slice by slice, threshold and write; returns the report."""
+        model = unwrap(self.network)
+        started = time.perf_counter()
+        data = _transform(self.preprocessing, {"image": source})
+        loaded = time.perf_counter()
+        data["pred"] = self.inferer(data["image"], model)[0]
+        data["slice_scores"] = self.inferer.last_scores
+        data["times"] = (started, loaded, time.perf_counter())
+        return _transform(self.postprocessing, data)["report"]
+
+    def run(self) -> tuple[int, int]:
+        """Process every scan; returns ``(succeeded, failed)``; raises :class:`BundleRunError` if any failed."""
+        unwrap(self.network).eval()
+        succeeded, failed = run_scans(self.datalist, self.output_dir, self.process, overwrite=self.overwrite,
+                                      progress=self.progress, where=self.output_dir)
+        if failed:
+            raise BundleRunError(f"{failed} of {succeeded + failed} scans failed (reasons above and in "
+                                 f"{self.output_dir / 'summary.csv'})")
+        return succeeded, failed
+
+
+def require_dir(path: str | Path | None, key: str = "dataset_dir") -> Path:
+    """``path`` as an existing folder, else :class:`BundleConfigError` naming ``key``."""
+    if not path:
+        raise BundleConfigError(key, f"not set; set --{key}")
+    if not Path(path).is_dir():
+        raise BundleConfigError(key, f"{path} does not exist; set --{key}" if not Path(path).exists()
+                                else f"{path} is not a folder; set --{key}")
+    return Path(path)
+
+
+def require_layout(layout: str) -> str:
+    """``layout`` if it is a known data set layout, else :class:`BundleConfigError` naming ``layout``."""
+    from .datasets import LAYOUTS
+
+    if layout not in LAYOUTS:
+        raise BundleConfigError("layout", f"unknown data set layout {layout!r}; set --layout to one of "
+                                f"{', '.join(LAYOUTS)}")
+    return layout
+
+
+def _dataset(model: VisualAD, dataset_dir, layout, split, classes=None, missing_mask="error"):
+    from .datasets import build_dataset
+
+    try:
+        config = model.config
+        return build_dataset(require_layout(layout), require_dir(dataset_dir), config.image_size, config.mean,
+                             config.std, split=split, classes=classes, missing_mask=missing_mask)
+    except ValueError as error:
+        raise BundleConfigError("dataset_dir", f"{error}; set --dataset_dir (and --layout, --split)") from None
+
+
+def command_line() -> str:
+    """The command that is running, as recorded in results and heads."""
+    program = "python -m monai.bundle" if sys.argv and sys.argv[0].endswith("__main__.py") else sys.argv[0]
+    return " ".join([program, *sys.argv[1:]])
+
+
+def build_training_network(backbone: str = DEFAULT_BACKBONE, backbone_weights: str | None = None,
+                           image_size: int | None = None, taps: str | Sequence[int] | None = None,
+                           seed: int = 0) -> VisualAD:
+    """A fresh VisualAD to train (the train config's ``network_def``); errors name the key."""
+    try:
+        return build_model(backbone, backbone_weights=backbone_weights, image_size=image_size, taps=as_taps(taps),
+                           seed=seed)
+    except (ValueError, TypeError, BackboneWeightsError) as error:
+        raise _model_error(error) from None
+
+
+def training_dataset(network: VisualAD, dataset_dir, layout: str = "mvtec", split: str = "test"):
+    """The industrial training set (MVTec, VisA or meta.json folder) at the model's input size."""
+    return _dataset(network, dataset_dir, layout, split)
+
+
+def with_synthetic(dataset, synthetic: str | None, probability: float = 0.5, sources: Sequence[str] | None = None,
+                   seed: int = 111):
+    """``dataset`` with synthetic anomalies mixed in (``perlin,cutpaste,scar,patchswap`` or ``all``), or as it is."""
+    if not synthetic:
+        return dataset
+    from .synthetic import build_synthetic_training_set, parse_synthetic_spec
+
+    if isinstance(synthetic, (list, tuple)):
+        synthetic = ",".join(synthetic)
+    if isinstance(sources, str):
+        sources = [sources]
+    try:
+        spec = parse_synthetic_spec(synthetic, probability, sources or ())
+    except ValueError as error:
+        raise BundleConfigError("synthetic", f"{error}; set --synthetic, --synthetic_probability, "
+                                "--synthetic_source") from None
+    return build_synthetic_training_set(dataset, spec, seed=seed)
+
+
+def run_training(network: VisualAD, dataset, output_dir, config, device, calibration_set=None, resume: bool = False,
+                 provenance: dict | None = None) -> Path:
+    """:func:`visualad_med.training.train` with the bundle's command recorded; returns the final head's path."""
+    from .training import train
+
+    if not output_dir:
+        raise BundleConfigError("output_dir", "not set; set --output_dir")
+    try:
+        return train(network, dataset, Path(output_dir), config, resolve_device(device),
+                     calibration_set=calibration_set, resume=resume,
+                     provenance={**(provenance or {}), "command": command_line()})
+    except FileNotFoundError as error:
+        if resume:
+            raise BundleConfigError("resume", f"{error}") from None
+        raise
+
+
+def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, split: str = "test",
+                   classes: Sequence[str] | None = None, batch_size: int = 8, overlays: int = 8,
+                   device: str | torch.device = "auto", workers: int = 0) -> dict:
+    """:func:`visualad_med.evaluation.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA)."""
+    from .evaluation import evaluate
+    from .report import markdown_table
+
+    model = unwrap(network)
+    if isinstance(classes, str):
+        classes = [classes]
+    _dataset(model, dataset_dir, layout, split, classes, missing_mask="skip")  # checks the folder, names the key
+    if not output_dir:
+        raise BundleConfigError("output_dir", "not set; set --output_dir")
+    started = time.perf_counter()
+    try:
+        results = evaluate(model, Path(dataset_dir), layout, Path(output_dir), split=split, classes=classes,
+                           batch_size=batch_size, overlays=overlays, device=resolve_device(device),
+                           num_workers=workers, head=getattr(network, "head_path", None),
+                           command=command_line().split(" "))
+    except ValueError as error:
+        key = "batch_size" if "batch_size" in str(error) else "dataset_dir"
+        raise BundleConfigError(key, f"{error}; set --{key}") from None
+    logger.info("results (%.1f s):\n%s", time.perf_counter() - started, markdown_table(results))
+    return results
+
