@@ -15,13 +15,17 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``target`` is untouched.
     The temporary name keeps ``target``'s suffixes so writers that pick the
-    format from the extension (``.nii.gz``, ``.seg.nrrd``) still work.
+    format from the extension (``.nii.gz``, ``.seg.nrrd``) still work; the file
+    gets the usual permissions (``0o666`` less the umask), not ``mkstemp``'s 0600.
     """
     target = Path(target)
     suffix = "".join(target.suffixes)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         os.replace(temporary, target)
