@@ -147,3 +147,18 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     assert "epoch 1/1" in result.stderr and (tmp_path / "run/head.safetensors").is_file()
     head = build_model("vit_tiny_patch16_224", backbone_weights="random", image_size=32, taps=(6, 12))
     assert head.load_head(tmp_path / "run/head.safetensors").config.training["processes"] == 2
+
+
+def test_cli_calibrate_rewrites_scoring_and_threshold(tmp_path):
+    root = make_mvtec(tmp_path / "data")
+    assert main(["train", "--data", str(root), "--layout", "mvtec", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 *TINY_CLI]) == 0
+    head = tmp_path / "run/head.safetensors"
+    out = tmp_path / "combined.safetensors"
+    assert main(["calibrate", "--data", str(root), "--layout", "mvtec", "--head", str(head), "--out", str(out),
+                 "--scoring", "combined", "--selfsim-weight", "2", "--backbone-weights", "random"]) == 0
+    before = build_model("vit_tiny_patch16_224", backbone_weights="random", image_size=32, taps=(6, 12)).load_head(head)
+    after = build_model("vit_tiny_patch16_224", backbone_weights="random", image_size=32, taps=(6, 12)).load_head(out)
+    assert (after.config.scoring, after.config.selfsim_weight) == ("combined", 2.0)
+    assert after.threshold != before.threshold
+    assert after.config.training["calibration"]["scoring"] == "combined"

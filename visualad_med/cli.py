@@ -137,6 +137,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate_threshold
+    from .datasets import build_dataset
+    from .runtime import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_cli_model(args).to(device)
+    if args.selfsim_weight is not None:
+        model.set_scoring(model.config.scoring, weight=args.selfsim_weight)
+    config = model.config
+    dataset = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
+    config.threshold = calibrate_threshold(model, dataset, device, args.batch_size, args.calibration_images)
+    config.training = {**config.training, "calibration": {"data": str(args.data), "layout": args.layout,
+                                                          "split": args.split, "scoring": config.scoring,
+                                                          "images": args.calibration_images}}
+    path = model.save_head(Path(args.out))
+    logger.info("wrote %s: scoring %s, threshold %.4f", path, config.scoring, config.threshold)
+    return 0
+
+
 def _make_meta(args: argparse.Namespace) -> int:
     from .datasets import write_meta_json
 
@@ -276,6 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.set_defaults(run=_train)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="re-calibrate a head's mask threshold (F1-max over pixels) on a data set with masks",
+        description="Load a head, optionally change its scoring (--scoring, --selfsim-weight), compute the "
+        "pixel F1-max threshold of its map on an industrial data set with masks, and write the head with that "
+        "threshold to --out. Keep medical data out of it: zero-shot means the head never sees them.",
+    )
+    calibrate.add_argument("--data", required=True, help="data root (industrial, with pixel masks)")
+    calibrate.add_argument("--layout", required=True, help="mvtec, visa or meta")
+    calibrate.add_argument("--split", default="test")
+    calibrate.add_argument("--out", required=True, help="output head (.safetensors)")
+    calibrate.add_argument("--selfsim-weight", type=float, default=None, help="weight of self-similarity in combined")
+    calibrate.add_argument("--batch-size", type=int, default=8)
+    calibrate.add_argument("--calibration-images", type=int, default=None, help="images used (default: all)")
+    _add_model_arguments(calibrate)
+    calibrate.set_defaults(run=_calibrate)
 
     meta = commands.add_parser(
         "make-meta",
