@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .datasets import collate_skip_invalid
@@ -53,12 +53,17 @@ def calibrate_threshold(
 ) -> float:
     """F1-max pixel threshold of ``model``'s smoothed map over ``dataset`` (images with masks).
 
-    The map's bound under the model's scoring fixes the histogram range.
+    The map's bound under the model's scoring fixes the histogram range. With
+    ``max_images``, a seeded random subset is used (data sets are sorted by
+    path, so their first images are often all of one kind).
     """
     bound = model.map_bound
     edges = np.linspace(-bound, bound, BINS + 1)
     positive = np.zeros(BINS, dtype=np.int64)
     negative = np.zeros(BINS, dtype=np.int64)
+    if max_images is not None and max_images < len(dataset):
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_images]
+        dataset = Subset(dataset, order.tolist())
     loader = DataLoader(dataset, batch_size, shuffle=False, collate_fn=collate_skip_invalid)
     seen = 0
     model.eval()
@@ -75,8 +80,6 @@ def calibrate_threshold(
             positive += np.histogram(maps[masks], edges)[0]
             negative += np.histogram(maps[~masks], edges)[0]
             seen += int(keep.sum())
-            if max_images is not None and seen >= max_images:
-                break
     if positive.sum() == 0:
         logger.warning("no anomalous pixel in the calibration set: threshold left at 0")
         return 0.0
