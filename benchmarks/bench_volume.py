@@ -1,0 +1,210 @@
+"""Slices per second of the whole volume pipeline against the model alone, and peak memory of a long CT.
+
+Pipeline: :func:`visualad_med.scan_run.process_scan`, i.e. read the scan, window, slice, run the
+model, reassemble the map on the voxel grid, write the NIfTI map and mask, the seg.nrrd (and the
+DICOM SEG for DICOM input) and the report. Model alone: the same model on the very slices the
+pipeline feeds it (recorded on a first pass), in the same batches, under ``torch.inference_mode``
+and the same autocast, timed call by call including the copy of maps and scores back to the CPU.
+Slices per second count the slices that went through the model (slices without body are left
+out by both). Target: pipeline >= 0.9 x model alone.
+
+Memory: a synthetic 512 x 512 x N CT (float32 in HU, built in place) through :class:`SliceInferer`
+in a fresh process (Linux); resident memory once the model is loaded and has run one batch, then
+the peak (``getrusage`` maxrss, its mark reset after loading) of building the volume and running
+it; the difference is what the volume costs beyond the model (budget ~3 GB for N = 600).
+
+    python benchmarks/bench_volume.py                       # CQ500 head CT, dinov2-s14 at 224 and 448
+    python benchmarks/bench_volume.py --synthetic 256       # a synthetic 512 x 512 x 256 CT instead
+    python benchmarks/bench_volume.py --models "" --memory-slices 600   # memory only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from visualad_med import build_model
+from visualad_med.inference import SliceInferer
+from visualad_med.runtime import autocast, resolve_device
+from visualad_med.scan_run import RunSettings, process_scan
+from visualad_med.volumes import ScanSource, find_scans, load_scan
+
+CQ500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "cq500_head_ct_dicom"
+MEMORY_BUDGET_GB = 3.0
+SPACING_MM = (0.45, 0.45, 0.625)
+
+
+def phantom_slice(k: int, slices: int, side: int = 512) -> torch.Tensor:
+    """``(side, side)`` HU: air, an elliptical head of 30 HU tissue with 10 HU noise and a 1000 HU skull.
+
+    The head's section shrinks towards both ends of the stack, as a head's does.
+    """
+    scale = 0.35 + 0.6 * np.sin(np.pi * (k + 0.5) / slices)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    radius = torch.sqrt((x / (0.75 * scale)) ** 2 + (y / (0.9 * scale)) ** 2)
+    image = torch.full((side, side), -1000.0)
+    image[radius < 1.0] = 1000.0
+    brain = radius < 0.93
+    image[brain] = 30.0 + 10.0 * torch.randn(int(brain.sum()), generator=torch.Generator().manual_seed(k))
+    return image
+
+
+def synthetic_ct(slices: int) -> MetaTensor:
+    """A ``(1, 512, 512, slices)`` float32 CT in HU with an axial RAS affine, filled slice by slice."""
+    volume = torch.empty(1, 512, 512, slices)
+    for k in range(slices):
+        volume[0, :, :, k] = phantom_slice(k, slices)
+    affine = torch.diag(torch.tensor([*SPACING_MM, 1.0], dtype=torch.float64))
+    return MetaTensor(volume, affine=affine, meta={"Modality": "CT", "scan_name": f"synthetic_{slices}"})
+
+
+def write_synthetic(folder: Path, slices: int) -> ScanSource:
+    """The synthetic CT as an int16 NIfTI in ``folder`` (so that the pipeline reads it like any scan)."""
+    data = np.empty((512, 512, slices), np.int16)
+    for k in range(slices):
+        data[:, :, k] = phantom_slice(k, slices).numpy()
+    path = folder / f"synthetic_{slices}.nii"
+    nib.save(nib.Nifti1Image(data, np.diag([*SPACING_MM, 1.0])), path)
+    (source,) = find_scans(path)
+    return source
+
+
+class SliceRecorder(nn.Module):
+    """Stands in for the model: keeps the batches the inferer feeds it and answers with zero maps."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.config = model.config
+        self.batches: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.batches.append(images.cpu().clone())
+        size = self.config.image_size
+        return {"map": torch.zeros(images.shape[0], size, size), "score": torch.zeros(images.shape[0])}
+
+
+def model_alone_seconds(model: nn.Module, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Seconds of the model over ``batches``, each call as the inferer makes it (after one warm-up call)."""
+    total = 0.0
+    for index, batch in enumerate([batches[0], *batches]):
+        started = time.perf_counter()
+        with torch.inference_mode(), autocast(device):
+            outputs = model(batch.to(device))
+        outputs["map"].float().cpu(), outputs["score"].float().cpu()
+        if index:
+            total += time.perf_counter() - started
+    return total
+
+
+def throughput(model_name: str, source: ScanSource, window: str, batch_size: int, device: torch.device) -> dict:
+    """Pipeline and model-alone slices per second of one model on one scan."""
+    model = build_model(model_name).to(device).eval()
+    settings = RunSettings(window=window, batch_size=batch_size, progress=False)
+    recorder = SliceRecorder(model)
+    SliceInferer(settings.planes, window, batch_size, progress=False)(load_scan(source), recorder)
+    slices = sum(len(batch) for batch in recorder.batches)
+    model_seconds = model_alone_seconds(model, recorder.batches, device)
+    recorder.batches.clear()
+    with tempfile.TemporaryDirectory() as out:
+        report = process_scan(model, source, Path(out), settings, None)
+    seconds = report["seconds"]
+    if seconds["slices_run"] != slices:
+        raise RuntimeError(f"the pipeline ran {seconds['slices_run']} slices, the recording pass {slices}")
+    return {"model": model_name, "slices": slices, "model_alone_s": model_seconds, "pipeline_s": seconds["total"],
+            "load_s": seconds["load"], "inference_s": seconds["inference"], "model_in_pipeline_s": seconds["model"],
+            "write_s": seconds["write"], "shape": report["shape"]}
+
+
+def resident_gib() -> float:
+    """Current resident memory of this process (``VmRSS``), GiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 2**20
+
+
+def memory_child(model_name: str, slices: int, batch_size: int, device: torch.device) -> dict:
+    """Peak resident memory (GiB) of a synthetic CT going through :class:`SliceInferer`, and what it starts from.
+
+    Loading the model leaves a high-water mark well above what stays resident (weights are
+    converted on the way), so the mark is reset (``/proc/self/clear_refs``, Linux) once the model
+    has run one batch; ``getrusage`` maxrss then holds the peak of the volume's run alone.
+    """
+    model = build_model(model_name).to(device).eval()
+    size = model.config.image_size
+    with torch.inference_mode():
+        model(torch.zeros(batch_size, 3, size, size, device=device))
+    loading_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    with_model = resident_gib()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (and ru_maxrss) to the current RSS
+    started = time.perf_counter()
+    volume = synthetic_ct(slices)
+    inferer = SliceInferer(window="brain", batch_size=batch_size, device=device, progress=False)
+    inferer(volume, model)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"model": model_name, "slices": slices, "loading_peak_gib": loading_peak, "with_model_gib": with_model,
+            "peak_gib": peak, "volume_gib": volume.numel() * 4 / 2**30,
+            "slices_run": inferer.last_scores.slices_run, "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="dinov2-s14-224,dinov2-s14-448",
+                        help="comma-separated presets; empty: memory only")
+    parser.add_argument("--input", type=Path, default=CQ500, help="a scan or a folder holding one")
+    parser.add_argument("--synthetic", type=int, default=None, help="use a synthetic 512 x 512 x N CT instead")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--memory-slices", type=int, default=600, help="0 skips the memory measurement")
+    parser.add_argument("--memory-model", default="dinov2-s14-224")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_model, args.memory_slices, args.batch_size, device)))
+        return
+
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    with tempfile.TemporaryDirectory() as folder:
+        if args.synthetic:
+            source, window = write_synthetic(Path(folder), args.synthetic), "brain"
+        elif args.input.exists():
+            (source,) = find_scans(args.input)
+            window = "auto"
+        else:
+            source = None
+            print(f"{args.input} is absent: throughput skipped (use --synthetic N)")
+        for name in [m.strip() for m in args.models.split(",") if m.strip()] if source else []:
+            r = throughput(name, source, window, args.batch_size, device)
+            model_rate, pipeline_rate = r["slices"] / r["model_alone_s"], r["slices"] / r["pipeline_s"]
+            print(f"{r['model']} on {source.name} {'x'.join(map(str, r['shape']))}, {r['slices']} slices with body:\n"
+                  f"  model alone {model_rate:.2f} slices/s ({r['model_alone_s']:.1f} s)\n"
+                  f"  pipeline    {pipeline_rate:.2f} slices/s ({r['pipeline_s']:.1f} s = read {r['load_s']:.1f} + "
+                  f"infer {r['inference_s']:.1f} (model {r['model_in_pipeline_s']:.1f}) + write {r['write_s']:.1f})\n"
+                  f"  ratio pipeline / model alone {pipeline_rate / model_rate:.3f} (target >= 0.9); "
+                  f"model share of the pipeline's own time {r['model_in_pipeline_s'] / r['pipeline_s']:.3f}")
+    if args.memory_slices:
+        command = [sys.executable, __file__, "--memory-child", "--memory-slices", str(args.memory_slices),
+                   "--memory-model", args.memory_model, "--batch-size", str(args.batch_size), "--device", args.device]
+        m = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        beyond = m["peak_gib"] - m["with_model_gib"]
+        print(f"memory, synthetic 512x512x{m['slices']} CT ({m['volume_gib']:.2f} GiB as float32) through "
+              f"SliceInferer with {m['model']}: peak RSS {m['peak_gib']:.2f} GiB, {m['with_model_gib']:.2f} GiB "
+              f"resident with the model loaded (loading peaked at {m['loading_peak_gib']:.2f} GiB) -> "
+              f"{beyond:.2f} GiB beyond the model (budget {MEMORY_BUDGET_GB:.0f} GB: "
+              f"{'within' if beyond * 2**30 / 1e9 <= MEMORY_BUDGET_GB else 'OVER'}); {m['slices_run']} slices in "
+              f"{m['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
