@@ -383,6 +383,17 @@ def test_triplanar_map_is_the_mean_of_the_three_single_plane_maps(tmp_path):
     np.testing.assert_allclose(maps["axial,coronal,sagittal"], np.mean(single, axis=0), atol=1e-6)
 
 
+def test_slabs_without_body_are_left_out(tmp_path):
+    data = np.zeros((12, 10, 80), np.float32)  # the first 64-slice slab is air only
+    data[..., 70:] = np.random.default_rng(4).normal(100.0, 10.0, (12, 10, 10))
+    write_nifti_scan(tmp_path / "in" / "long.nii.gz", data, np.diag([0.8, 0.8, 1.5]))
+    assert infer(tmp_path / "in", tmp_path / "out", "--window", "200,100") == 0
+    report = json.loads((tmp_path / "out" / "long_report.json").read_text())
+    assert report["seconds"]["slices_run"] == 10
+    assert [s is not None for s in report["scores"]["per_slice"]] == [False] * 70 + [True] * 10
+    assert not np.asarray(nib.load(tmp_path / "out" / "long_anomaly.nii.gz").dataobj)[..., :70].any()
+
+
 def test_scan_score_is_the_exact_top_one_percent_mean():
     volume = torch.rand(30, 20, 17, generator=torch.Generator().manual_seed(0))
     ties = torch.zeros(30, 20, 17)

@@ -177,7 +177,8 @@ class SliceInferer(Inferer):
             slices, info = pipeline.forward(slab)
             keep = info.body if self.skip_empty else torch.ones_like(info.body)
             maps = torch.zeros(slices.shape[0], config.image_size, config.image_size)
-            for batch in torch.nonzero(keep).flatten().split(self.batch_size):
+            wanted = torch.nonzero(keep).flatten()
+            for batch in wanted.split(self.batch_size) if wanted.numel() else ():  # split() of nothing is (empty,)
                 called = time.perf_counter()
                 with torch.inference_mode(), autocast(self.device):
                     outputs = network(slices[batch].to(self.device))
