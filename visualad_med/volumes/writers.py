@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 import torch
-from monai.data import NibabelWriter
+import nibabel as nib
 from monai.data.utils import orientation_ras_lps
 from pydicom.sr.codedict import codes
 
@@ -35,10 +35,12 @@ _SOFTWARE = "visualad_med"
 
 
 def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor, path: Path | str) -> Path:
-    """Write an ``(X, Y, Z)`` volume as NIfTI (``.nii`` or ``.nii.gz``) with MONAI's ``NibabelWriter``.
+    """Write an ``(X, Y, Z)`` volume as NIfTI (``.nii`` or ``.nii.gz``) with nibabel.
 
     Floating volumes (anomaly maps) are stored as float32, boolean and integer ones (masks,
-    labelmaps) as uint8. The affine goes into both sform and qform (code 1, scanner).
+    labelmaps) as uint8. The affine goes into both sform and qform (code 1, scanner). Written with
+    nibabel directly: MONAI's ``NibabelWriter`` takes 3D data for 2D and fails when the affine's
+    top-left 2 x 2 block is singular, as for every coronal or sagittal scan.
 
     Args:
         volume: ``(X, Y, Z)`` array.
@@ -57,12 +59,12 @@ def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
         array = array.astype(np.float32, copy=False)
     else:
         array = _labels(array)
-    writer = NibabelWriter(output_dtype=array.dtype)
-    writer.set_data_array(array, channel_dim=None)
-    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    image = nib.Nifti1Image(array, affine)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
-        writer.write(temporary)
+        nib.save(image, str(temporary))
     return path
 
 
