@@ -5,7 +5,7 @@ Axial, coronal and sagittal slices in radiological display (the orientation the 
 anatomy keeps its shape; the map is shown where it is above its median over the body, the crossing
 point is marked, and a reference mask (e.g. a known lesion) can be outlined.
 
-    python benchmarks/plot_volume.py SCAN ANOMALY_NII OUT_PNG [--mask MASK_NII] [--window brain]
+    python benchmarks/plot_volume.py SCAN ANOMALY_NII OUT_PNG [--mask MASK_NII] [--window brain] [--point X,Y,Z]
 """
 
 from __future__ import annotations
@@ -109,9 +109,11 @@ def main() -> None:
     parser.add_argument("out", help="PNG to write")
     parser.add_argument("--mask", default=None, help="a reference mask (NIfTI on the same grid) to outline")
     parser.add_argument("--window", default="auto", help="auto, a CT preset, percentile, or WIDTH,LEVEL in HU")
+    parser.add_argument("--point", default=None, help="voxel X,Y,Z to cut through (default: the map's maximum)")
     args = parser.parse_args()
     window = tuple(float(v) for v in args.window.split(",")) if "," in args.window else args.window
-    point = orthogonal_overlay(args.scan, args.anomaly, args.out, window, args.mask)
+    point = tuple(int(v) for v in args.point.split(",")) if args.point else None
+    point = orthogonal_overlay(args.scan, args.anomaly, args.out, window, args.mask, point)
     print(f"wrote {args.out} (slices through voxel {point})")
 
 
