@@ -44,6 +44,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str) -> None:
+    parser.add_argument("--data", required=True, help="data root")
+    parser.add_argument("--layout", required=True, help=layouts)
+    parser.add_argument("--split", default="test", help="split to use (default: test)")
+
+
 def head_path(args: argparse.Namespace) -> Path | None:
     """The head ``--head`` names: a file, the bundled head by default, ``None`` for an untrained head."""
     from .runtime import default_head
@@ -219,9 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in percent with a Mean row), scores.csv, ROC/PR curve PNGs and overlay PNGs into --out. Maps are "
         "scored at the model's input resolution against masks resized to it.",
     )
-    evaluate.add_argument("--data", required=True, help="data root")
-    evaluate.add_argument("--layout", required=True, help="mvfa, meta, mvtec or visa")
-    evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    _add_data_arguments(evaluate, "mvfa, meta, mvtec or visa")
     evaluate.add_argument("--classes", nargs="+", default=None, help="classes to evaluate (default: all)")
     evaluate.add_argument("--out", required=True, help="output folder")
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -264,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "head.safetensors (with a pixel threshold calibrated by F1-max on the training set) into --out. "
         "Multi-GPU: torchrun --nproc_per_node N -m visualad_med.cli train ...",
     )
-    train.add_argument("--data", required=True, help="data root")
-    train.add_argument("--layout", required=True, help="mvtec, visa or meta")
-    train.add_argument("--split", default="test", help="split to train on (default: test)")
+    _add_data_arguments(train, "mvtec, visa or meta")
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--backbone", default="dinov2-s14", help=f"preset ({', '.join(PRESETS)}) or timm ViT name")
     train.add_argument("--backbone-weights", default=None, help="local backbone weights; 'random' for smoke tests")
@@ -304,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pixel F1-max threshold of its map on an industrial data set with masks, and write the head with that "
         "threshold to --out. Keep medical data out of it: zero-shot means the head never sees them.",
     )
-    calibrate.add_argument("--data", required=True, help="data root (industrial, with pixel masks)")
-    calibrate.add_argument("--layout", required=True, help="mvtec, visa or meta")
-    calibrate.add_argument("--split", default="test")
+    _add_data_arguments(calibrate, "mvtec, visa or meta (industrial data with pixel masks)")
     calibrate.add_argument("--out", required=True, help="output head (.safetensors)")
     calibrate.add_argument("--selfsim-weight", type=float, default=None, help="weight of self-similarity in combined")
     calibrate.add_argument("--batch-size", type=int, default=8)
