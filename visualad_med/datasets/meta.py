@@ -24,7 +24,7 @@ from typing import Any
 from visualad_med.datasets.mvfa import MVFA_SPLITS, mvfa_records, mvfa_set_folders
 from visualad_med.datasets.mvtec import MVTEC_SPLITS, mvtec_class_folders, mvtec_records
 from visualad_med.datasets.paths import resolve_inside
-from visualad_med.datasets.samples import AnomalyDataset, SampleRecord, check_choice, select_classes
+from visualad_med.datasets.samples import LayoutDataset, SampleRecord, check_choice, select_classes
 from visualad_med.datasets.visa import VISA_LABELS, read_visa_csv
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def meta_records(
     return records
 
 
-class MetaJsonDataset(AnomalyDataset):
+class MetaJsonDataset(LayoutDataset):
     """One split of an AnomalyCLIP meta.json under the common sample contract.
 
     Args:
@@ -124,19 +124,8 @@ class MetaJsonDataset(AnomalyDataset):
         meta_path: index file; ``<root>/meta.json`` when None.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        split: str = "test",
-        classes: Iterable[str] | None = None,
-        missing_mask: str = "error",
-        meta_path: str | Path | None = None,
-    ) -> None:
-        records = meta_records(root, split, classes, meta_path)
-        super().__init__(records, image_size, mean, std, missing_mask, name=f"meta.json {root} [{split}]")
+    title = "meta.json"
+    find_records = staticmethod(meta_records)
 
 
 def _relative(root: Path, path: Path) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from visualad_med.datasets.images import IMAGE_EXTENSIONS, list_images
-from visualad_med.datasets.samples import AnomalyDataset, SampleRecord, check_choice, select_classes
+from visualad_med.datasets.samples import LayoutDataset, SampleRecord, check_choice, select_classes
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def mvfa_records(root: str | Path, split: str, classes: Iterable[str] | None = N
     return records
 
 
-class MVFADataset(AnomalyDataset):
+class MVFADataset(LayoutDataset):
     """An MVFA-AD / BMAD medical split under the common sample contract.
 
     Args:
@@ -120,15 +120,5 @@ class MVFADataset(AnomalyDataset):
         has_pixel_masks: False when no set has masks: evaluate image metrics only.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        split: str = "test",
-        classes: Iterable[str] | None = None,
-        missing_mask: str = "error",
-    ) -> None:
-        records = mvfa_records(root, split, classes)
-        super().__init__(records, image_size, mean, std, missing_mask, name=f"MVFA {root} [{split}]")
+    title = "MVFA"
+    find_records = staticmethod(mvfa_records)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from visualad_med.datasets.images import IMAGE_EXTENSIONS, list_images
-from visualad_med.datasets.samples import AnomalyDataset, SampleRecord, check_choice, select_classes
+from visualad_med.datasets.samples import LayoutDataset, SampleRecord, check_choice, select_classes
 
 MVTEC_SPLITS: tuple[str, ...] = ("train", "test")
 MVTEC_LAYOUT = "<root>/<class>/{train,test}/<defect>/<image>, <root>/<class>/ground_truth/<defect>/<stem>_mask.png"
@@ -90,7 +90,7 @@ def mvtec_records(root: str | Path, split: str, classes: Iterable[str] | None = 
     return records
 
 
-class MVTecDataset(AnomalyDataset):
+class MVTecDataset(LayoutDataset):
     """An MVTec-AD-layout split under the common sample contract.
 
     Args:
@@ -104,15 +104,5 @@ class MVTecDataset(AnomalyDataset):
             images whose mask is missing or of another size.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        split: str = "test",
-        classes: Iterable[str] | None = None,
-        missing_mask: str = "error",
-    ) -> None:
-        records = mvtec_records(root, split, classes)
-        super().__init__(records, image_size, mean, std, missing_mask, name=f"MVTec {root} [{split}]")
+    title = "MVTec"
+    find_records = staticmethod(mvtec_records)

@@ -289,3 +289,41 @@ class AnomalyDataset(Dataset):
             "has_mask": bool(record.has_mask),
         }
 
+
+
+class LayoutDataset(AnomalyDataset):
+    """A split of a folder layout: the layout only says how to list its records.
+
+    Subclasses set :attr:`title` (for logs) and :meth:`find_records`, called as
+    ``find_records(root, split, classes, **options)``.
+
+    Args:
+        root: data root of the layout.
+        image_size: output side ``S``; images ``(3, S, S)``, masks ``(S, S)``.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+        split: split name valid for the layout.
+        classes: subset of class names; all when None.
+        missing_mask: ``"error"`` (default) or ``"skip"``, see :func:`check_masks`.
+        options: layout-specific options (e.g. the VisA CSV or meta.json path).
+    """
+
+    title = "data set"
+
+    @staticmethod
+    def find_records(root, split, classes, **options) -> list[SampleRecord]:
+        raise NotImplementedError
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        split: str = "test",
+        classes: Iterable[str] | None = None,
+        missing_mask: str = "error",
+        **options: Any,
+    ) -> None:
+        records = type(self).find_records(root, split, classes, **options)
+        super().__init__(records, image_size, mean, std, missing_mask, name=f"{self.title} {root} [{split}]")

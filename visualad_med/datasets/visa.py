@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from visualad_med.datasets.paths import resolve_inside
-from visualad_med.datasets.samples import AnomalyDataset, SampleRecord, check_choice, select_classes
+from visualad_med.datasets.samples import LayoutDataset, SampleRecord, check_choice, select_classes
 
 VISA_SPLITS: tuple[str, ...] = ("train", "test")
 VISA_COLUMNS: tuple[str, ...] = ("object", "split", "label", "image", "mask")
@@ -81,7 +81,7 @@ def visa_records(
     return records
 
 
-class VisADataset(AnomalyDataset):
+class VisADataset(LayoutDataset):
     """A VisA split under the common sample contract.
 
     Args:
@@ -95,16 +95,5 @@ class VisADataset(AnomalyDataset):
         csv_path: split CSV; ``<root>/split_csv/1cls.csv`` when None.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        split: str = "test",
-        classes: Iterable[str] | None = None,
-        missing_mask: str = "error",
-        csv_path: str | Path | None = None,
-    ) -> None:
-        records = visa_records(root, split, classes, csv_path)
-        super().__init__(records, image_size, mean, std, missing_mask, name=f"VisA {root} [{split}]")
+    title = "VisA"
+    find_records = staticmethod(visa_records)
