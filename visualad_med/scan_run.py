@@ -30,11 +30,11 @@ from .model import VisualAD
 from .runtime import file_sha256
 from .transforms import resolve_window
 from .volumes import (
-    DicomSeries,
     ScanLoadError,
     ScanSource,
     find_scans,
     load_scan,
+    read_series,
     write_dicom_seg,
     write_json,
     write_nifti,
@@ -161,7 +161,7 @@ def write_scan_outputs(
     write_nifti(mask.numpy(), affine, paths["mask"])
     write_seg_nrrd(mask.numpy(), affine, paths["segmentation"])
     if source.kind == "dicom":
-        series = DicomSeries.from_files(source.files)
+        series = read_series(tuple(source.files))
         write_dicom_seg(series.to_source_frames(mask.numpy()), series.datasets, paths["dicom_seg"],
                         "VisualAD zero-shot anomaly detection", __version__)
     summary = scan_scores(anomaly, scores.scores)

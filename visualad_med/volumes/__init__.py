@@ -6,7 +6,7 @@ slice of a loaded DICOM volume back to its source dataset; writers :func:`write_
 :func:`write_seg_nrrd`, :func:`write_dicom_seg`, :func:`write_json`, :func:`write_summary_csv`.
 """
 
-from .dicom_series import DicomSeries
+from .dicom_series import DicomSeries, read_series
 from .discover import find_scans
 from .load import MAX_VOXELS, load_scan
 from .sitk_reader import SimpleITKReader
@@ -21,6 +21,7 @@ __all__ = [
     "SimpleITKReader",
     "find_scans",
     "load_scan",
+    "read_series",
     "write_dicom_seg",
     "write_json",
     "write_nifti",

@@ -26,7 +26,7 @@ from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 from monai.utils import MetaKeys
 
-from .dicom_series import DicomSeries
+from .dicom_series import read_series
 from .discover import find_scans
 from .sitk_reader import SimpleITKReader
 from .sources import ScanLoadError, ScanSource
@@ -94,7 +94,7 @@ def load_scan(
 
 
 def _load_dicom(source: ScanSource, max_gap_slices: int) -> MetaTensor:
-    series = DicomSeries.from_files(source.files, max_gap_slices=max_gap_slices)
+    series = read_series(tuple(source.files), max_gap_slices)
     try:
         stack = _loader()(list(series.files), reader=SimpleITKReader())
     except RuntimeError as error:
