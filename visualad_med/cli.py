@@ -137,7 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     provenance = {"data": str(args.data), "layout": args.layout, "split": args.split,
                   "synthetic": args.synthetic, "synthetic_probability": args.synthetic_probability,
                   "synthetic_source": args.synthetic_source, "augment": args.augment,
-                  "augment_probability": args.augment_probability, "command": " ".join(sys.argv)}
+                  "augment_probability": args.augment_probability, "command": " ".join(args.command_line)}
     train(model, dataset, Path(args.out), train_config, resolve_device(args.device), calibration_set=base,
           resume=args.resume, provenance=provenance)
     return 0
@@ -171,16 +171,6 @@ def _make_meta(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_command(args: argparse.Namespace) -> list[str]:
-    """The command line equivalent to the parsed ``evaluate`` arguments (recorded in results.json)."""
-    command = ["visualad-med", "evaluate"]
-    for name in ("data", "layout", "split", "out", "batch_size", "overlays", "workers", "head", "backbone",
-                 "backbone_weights", "image_size", "device", "scoring"):
-        if getattr(args, name, None) is not None:
-            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return command + (["--classes", *args.classes] if args.classes else [])
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     import time
 
@@ -191,7 +181,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = load_cli_model(args)
     results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split, classes=args.classes,
                        batch_size=args.batch_size, overlays=args.overlays, device=args.device,
-                       num_workers=args.workers, head=head_path(args), command=_evaluate_command(args),
+                       num_workers=args.workers, head=head_path(args), command=args.command_line,
                        extra_timings={"model_load_s": time.perf_counter() - started})
     logger.info("results:\n%s", markdown_table(results))
     return 0
@@ -327,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = ["visualad-med", *argv]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
