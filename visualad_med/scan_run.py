@@ -30,6 +30,7 @@ from .model import VisualAD
 from .runtime import file_sha256
 from .transforms import resolve_window
 from .volumes import (
+    MAX_GAP_SLICES,
     ScanLoadError,
     ScanSource,
     find_scans,
@@ -161,7 +162,7 @@ def write_scan_outputs(
     write_nifti(mask.numpy(), affine, paths["mask"])
     write_seg_nrrd(mask.numpy(), affine, paths["segmentation"])
     if source.kind == "dicom":
-        series = read_series(tuple(source.files))
+        series = read_series(tuple(source.files), MAX_GAP_SLICES)
         write_dicom_seg(series.to_source_frames(mask.numpy()), series.datasets, paths["dicom_seg"],
                         "VisualAD zero-shot anomaly detection", __version__)
     summary = scan_scores(anomaly, scores.scores)

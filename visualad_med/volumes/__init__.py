@@ -6,7 +6,7 @@ slice of a loaded DICOM volume back to its source dataset; writers :func:`write_
 :func:`write_seg_nrrd`, :func:`write_dicom_seg`, :func:`write_json`, :func:`write_summary_csv`.
 """
 
-from .dicom_series import DicomSeries, read_series
+from .dicom_series import MAX_GAP_SLICES, DicomSeries, read_series
 from .discover import find_scans
 from .load import MAX_VOXELS, load_scan
 from .sitk_reader import SimpleITKReader
@@ -14,6 +14,7 @@ from .sources import ScanLoadError, ScanSource
 from .writers import write_dicom_seg, write_json, write_nifti, write_seg_nrrd, write_summary_csv
 
 __all__ = [
+    "MAX_GAP_SLICES",
     "MAX_VOXELS",
     "DicomSeries",
     "ScanLoadError",

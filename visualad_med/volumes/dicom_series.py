@@ -39,12 +39,15 @@ from scipy import ndimage
 
 from .sources import ScanLoadError
 
-__all__ = ["DicomSeries", "read_series"]
+__all__ = ["MAX_GAP_SLICES", "DicomSeries", "read_series"]
 
 logger = logging.getLogger(__name__)
 
 POSITION_TOLERANCE = 0.1
 """Largest deviation of a slice from its grid plane, as a fraction of the slice spacing."""
+
+MAX_GAP_SLICES = 2
+"""Default for the most consecutive missing slices filled by interpolation."""
 
 SHIFT_TOLERANCE = 0.01
 """When every slice's in-plane offset along an axis is this close (pixels) to a whole number, it is rounded."""
@@ -80,7 +83,7 @@ class DicomSeries:
     tilt_deg: float
 
     @classmethod
-    def from_files(cls, files: Sequence[Path | str], *, max_gap_slices: int = 2) -> DicomSeries:
+    def from_files(cls, files: Sequence[Path | str], *, max_gap_slices: int = MAX_GAP_SLICES) -> DicomSeries:
         """Read the headers of a series' files and lay them on a regular grid.
 
         Args:
@@ -241,11 +244,12 @@ class DicomSeries:
 
 
 @functools.lru_cache(maxsize=2)
-def read_series(files: tuple[Path, ...], max_gap_slices: int = 2) -> DicomSeries:
+def read_series(files: tuple[Path, ...], max_gap_slices: int) -> DicomSeries:
     """:meth:`DicomSeries.from_files`, cached for the last two series.
 
     Loading a scan and writing its DICOM SEG both need the series; the cache
-    reads its headers (and logs its repairs) once per scan.
+    reads its headers (and logs its repairs) once per scan; both must pass the
+    same arguments, positionally, to hit the cache.
     """
     return DicomSeries.from_files(files, max_gap_slices=max_gap_slices)
 

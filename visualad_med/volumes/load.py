@@ -26,7 +26,7 @@ from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 from monai.utils import MetaKeys
 
-from .dicom_series import read_series
+from .dicom_series import MAX_GAP_SLICES, read_series
 from .discover import find_scans
 from .sitk_reader import SimpleITKReader
 from .sources import ScanLoadError, ScanSource
@@ -47,7 +47,7 @@ def _loader() -> LoadImage:
 
 
 def load_scan(
-    source: ScanSource | Path | str, *, max_gap_slices: int = 2, max_voxels: int = MAX_VOXELS
+    source: ScanSource | Path | str, *, max_gap_slices: int = MAX_GAP_SLICES, max_voxels: int = MAX_VOXELS
 ) -> MetaTensor:
     """Load one scan as a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine.
 
