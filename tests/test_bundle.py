@@ -112,11 +112,13 @@ def test_train_then_evaluate(work: Path):
     make_mvfa(work / "mvfa", "Brain")
     tiny = ["--backbone", BACKBONE, "--backbone_weights", str(work / "tiny_vit.safetensors"), "--device", "cpu"]
     bundle("run", "--config_file", TRAIN, "--dataset_dir", "mvtec", "--output_dir", "train", *tiny,
-           "--image_size", str(SIZE), "--epochs", "1", "--max_steps", "2", "--batch_size", "2", cwd=work)
+           "--image_size", str(SIZE), "--epochs", "1", "--max_steps", "2", "--batch_size", "2",
+           "--synthetic", "cutpaste", "--augment", "all", "--augment_probability", "1.0", cwd=work)
     head = work / "train" / "head.safetensors"
     assert head.is_file() and (work / "train" / "checkpoints" / "epoch_001.safetensors").is_file()
     training = json.loads((work / "train" / "head.json").read_text())["training"]
     assert "monai.bundle run" in training["command"] and training["layout"] == "mvtec" and training["epochs"] == 1
+    assert (training["synthetic"], training["augment"], training["augment_probability"]) == ("cutpaste", "all", 1.0)
 
     bundle("run", "--config_file", EVALUATE, "--dataset_dir", "mvfa", "--output_dir", "eval", *tiny,
            "--head", str(head), "--overlays", "2", cwd=work)
@@ -189,7 +191,8 @@ def _run_in_process(config: str, **overrides) -> None:
 
 
 @pytest.mark.parametrize("case", ["empty dataset_dir", "unknown backbone", "head of another backbone",
-                                  "missing head", "output inside input", "unknown plane", "unknown layout"])
+                                  "missing head", "output inside input", "unknown plane", "unknown layout",
+                                  "unknown augmentation"])
 def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     tiny = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors"), "device": "cpu"}
@@ -202,6 +205,8 @@ def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
         "output inside input": (INFERENCE, "output_dir", {"output_dir": str(work / "scans" / "out")}),
         "unknown plane": (INFERENCE, "planes", {**tiny, "planes": "axial,axil"}),
         "unknown layout": (TRAIN, "layout", {**tiny, "layout": "folders"}),
+        "unknown augmentation": (TRAIN, "augment", {**tiny, "augment": "invert,blur",
+                                                    "dataset_dir": str(make_mvtec(tmp_path / "mvtec"))}),
     }[case]
     overrides = {"dataset_dir": str(work / "scans"), "output_dir": str(tmp_path / "out"),
                  "head": str(work / "head.safetensors"), **overrides}

@@ -448,23 +448,27 @@ def training_dataset(network: VisualAD, dataset_dir, layout: str = "mvtec", spli
     return _dataset(network, dataset_dir, layout, split)
 
 
-def with_synthetic(dataset, synthetic: str | None, probability: float = 0.5, sources: Sequence[str] | None = None,
-                   seed: int = 111):
-    """``dataset`` with synthetic anomalies mixed in (``perlin,cutpaste,scar,patchswap`` or ``all``), or as it is."""
-    if not synthetic:
-        return dataset
-    from .synthetic import build_synthetic_training_set, parse_synthetic_spec
+def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synthetic_probability: float = 0.5,
+                  synthetic_source: Sequence[str] | str | None = None, augment: str | None = None,
+                  augment_probability: float = 0.5, seed: int = 111):
+    """``dataset`` with synthetic anomalies and polarity/background augmentations mixed in, as ``visualad-med train``."""
+    from .auxiliary import build_auxiliary_set
 
     if isinstance(synthetic, (list, tuple)):
         synthetic = ",".join(synthetic)
-    if isinstance(sources, str):
-        sources = [sources]
+    if isinstance(augment, (list, tuple)):
+        augment = ",".join(augment)
+    if isinstance(synthetic_source, str):
+        synthetic_source = [synthetic_source]
     try:
-        spec = parse_synthetic_spec(synthetic, probability, sources or ())
+        return build_auxiliary_set(dataset, network.config.mean, network.config.std, synthetic=synthetic,
+                                   synthetic_probability=synthetic_probability,
+                                   synthetic_sources=synthetic_source or (), augment=augment,
+                                   augment_probability=augment_probability, seed=seed)
     except ValueError as error:
-        raise BundleConfigError("synthetic", f"{error}; set --synthetic, --synthetic_probability, "
-                                "--synthetic_source") from None
-    return build_synthetic_training_set(dataset, spec, seed=seed)
+        key = "augment" if "augment" in str(error) else "synthetic"
+        raise BundleConfigError(key, f"{error}; set --{key}, --{key}_probability"
+                                + (", --synthetic_source" if key == "synthetic" else "")) from None
 
 
 def run_training(network: VisualAD, dataset, output_dir, config, device, calibration_set=None, resume: bool = False,

@@ -112,24 +112,20 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .auxiliary import build_auxiliary_set
     from .datasets import build_dataset
     from .model import build_model
     from .runtime import resolve_device
-    from .augment import AugmentedDataset, parse_augmentations
-    from .synthetic import build_synthetic_training_set, parse_synthetic_spec
     from .training import TrainConfig, train
 
     model = build_model(args.backbone, backbone_weights=args.backbone_weights, image_size=args.image_size,
                         taps=tuple(int(t) for t in args.taps.split(",")) if args.taps else None, seed=args.seed)
     config = model.config
     base = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
-    dataset = base
-    if args.synthetic:
-        spec = parse_synthetic_spec(args.synthetic, args.synthetic_probability, args.synthetic_source or ())
-        dataset = build_synthetic_training_set(base, spec, seed=args.seed)
-    if args.augment:
-        dataset = AugmentedDataset(dataset, parse_augmentations(args.augment), config.mean, config.std,
-                                   args.augment_probability, seed=args.seed)
+    dataset = build_auxiliary_set(base, config.mean, config.std, synthetic=args.synthetic,
+                                  synthetic_probability=args.synthetic_probability,
+                                  synthetic_sources=args.synthetic_source or (), augment=args.augment,
+                                  augment_probability=args.augment_probability, seed=args.seed)
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_tokens=args.lr,
                                lr_head=args.lr * 0.1, seed=args.seed, max_steps=args.max_steps,
                                workers=args.workers, calibration_images=args.calibration_images,
