@@ -412,3 +412,23 @@ def test_percentile_window_of_a_mostly_blank_volume_scales_min_to_max(caplog, br
     np.testing.assert_allclose(result[0].numpy(), volume[0].numpy() / 300.0, atol=1e-6)
     with pytest.raises(ValueError, match=r"planes must be distinct names .* got \['axial', 'axial'\]"):
         SliceInferer(planes=("axial", "axial"))
+
+
+def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, monkeypatch):
+    from visualad_med.scan_run import run_scans
+
+    (tmp_path / "only.nii.gz").write_bytes(b"")
+    scans = [ScanSource("only", "nifti", (tmp_path / "only.nii.gz",))]
+
+    def refuse(source: ScanSource) -> dict:
+        raise ValueError(f"{source.name} is not a volume")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_scans(scans, tmp_path / "out", refuse, progress=False) == (0, 0)
+    assert (tmp_path / "out" / "summary_rank1.csv").read_text().splitlines() == [",".join(
+        ("scan", "status", "score_max_slice", "score_top1pct", "anomalous_voxels", "kind", "modality", "shape",
+         "seconds", "error", "source"))]
+    monkeypatch.setenv("RANK", "0")
+    assert run_scans(scans, tmp_path / "out", refuse, progress=False) == (0, 1)
+    assert "not a volume" in (tmp_path / "out" / "summary_rank0.csv").read_text()

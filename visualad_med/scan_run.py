@@ -280,11 +280,13 @@ def run_scans(
     ``overwrite``; a scan that raises is logged, its partial outputs removed, and the run goes on. Under ``torchrun`` each process takes every
     ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
     """
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    scans = scans[rank::world]
     if not scans:
         logger.error("no scans found under %s (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)", where)
         return 0, 1
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    total, scans = len(scans), scans[rank::world]
+    if not scans:
+        logger.info("rank %d of %d: no scan left for this process (%d scans in all)", rank, world, total)
     rows, failed = [], 0
     for source in tqdm(scans, desc="scans", unit="scan", disable=not progress):
         paths = output_paths(out_dir, source.name, source.kind == "dicom")
