@@ -113,12 +113,13 @@ def test_train_then_evaluate(work: Path):
     tiny = ["--backbone", BACKBONE, "--backbone_weights", str(work / "tiny_vit.safetensors"), "--device", "cpu"]
     bundle("run", "--config_file", TRAIN, "--dataset_dir", "mvtec", "--output_dir", "train", *tiny,
            "--image_size", str(SIZE), "--epochs", "1", "--max_steps", "2", "--batch_size", "2",
-           "--synthetic", "cutpaste", "--augment", "all", "--augment_probability", "1.0", cwd=work)
+           "--synthetic", "cutpaste", "--synthetic_base", "skimage", "--augment", "all", "--augment_probability", "1.0",
+           cwd=work)
     head = work / "train" / "head.safetensors"
     assert head.is_file() and (work / "train" / "checkpoints" / "epoch_001.safetensors").is_file()
     training = json.loads((work / "train" / "head.json").read_text())["training"]
     assert "monai.bundle run" in training["command"] and training["layout"] == "mvtec" and training["epochs"] == 1
-    assert (training["synthetic"], training["augment"], training["augment_probability"]) == ("cutpaste", "all", 1.0)
+    assert (training["synthetic"], training["synthetic_base"], training["augment"]) == ("cutpaste", "skimage", "all")
 
     bundle("run", "--config_file", EVALUATE, "--dataset_dir", "mvfa", "--output_dir", "eval", *tiny,
            "--head", str(head), "--overlays", "2", cwd=work)

@@ -174,3 +174,25 @@ def test_perlin_noise_shape_and_range() -> None:
     noise = perlin_noise((37, 53), (4, 8), np.random.default_rng(0))
     assert noise.shape == (37, 53) and noise.dtype == np.float64
     assert np.abs(noise).max() <= 1.0 + 1e-9 and noise.std() > 0.05
+
+
+def test_bases_half_of_the_anomalies_are_drawn_on_crops_of_extra_images(tmp_path: Path, normals: list[Path]) -> None:
+    folder = tmp_path / "bases"
+    base_path = _textured(folder / "photo.png", seed=21, size=(64, 56))
+    dataset = SyntheticAnomalyDataset(normals, kinds=["cutpaste"], bases=[str(folder)], length=40, **NORM)
+    on_base = 0
+    for index in range(len(dataset)):
+        image, mask, _, record = dataset.generate(index)
+        if record.path != base_path:
+            assert record.path in normals
+            continue
+        on_base += 1
+        source, side = read_rgb(base_path), image.shape[0]
+        assert image.shape == (side, side, 3) and 28 <= side <= 56
+        crops = [source[top:top + side, left:left + side] for top in range(57 - side) for left in range(65 - side)]
+        assert any(np.array_equal(crop[~mask], image[~mask]) and (crop[mask] != image[mask]).any(axis=-1).all()
+                   for crop in crops)
+    assert 10 <= on_base <= 30
+    with pytest.raises(ValueError, match="synthetic base"):
+        parse_synthetic_spec("perlin", 0.5, bases=[str(tmp_path / "nowhere")])
+    assert parse_synthetic_spec("perlin", 0.5, bases=["skimage"]).bases == ("skimage",)

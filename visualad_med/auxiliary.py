@@ -22,6 +22,7 @@ def build_auxiliary_set(
     synthetic: str | None = None,
     synthetic_probability: float = 0.5,
     synthetic_sources: Sequence[str] = (),
+    synthetic_bases: Sequence[str] = (),
     augment: str | None = None,
     augment_probability: float = 0.5,
     seed: int = 111,
@@ -35,6 +36,7 @@ def build_auxiliary_set(
         synthetic: synthetic anomaly kinds, or ``None`` for none.
         synthetic_probability: chance that an item is replaced by a synthetic anomaly.
         synthetic_sources: texture sources of perlin anomalies (folders, or ``skimage``).
+        synthetic_bases: extra normal images to draw anomalies on (folders, or ``skimage``).
         augment: ``invert,shrinkpad`` or ``all``, or ``None`` for none.
         augment_probability: chance of each augmentation per item.
         seed: seeds every per-item draw.
@@ -44,7 +46,7 @@ def build_auxiliary_set(
     """
     dataset = base
     if synthetic:
-        spec = parse_synthetic_spec(synthetic, synthetic_probability, synthetic_sources)
+        spec = parse_synthetic_spec(synthetic, synthetic_probability, synthetic_sources, synthetic_bases)
         dataset = build_synthetic_training_set(base, spec, seed=seed)
     if augment:
         dataset = AugmentedDataset(dataset, parse_augmentations(augment), mean, std, augment_probability, seed=seed)

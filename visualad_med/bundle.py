@@ -449,7 +449,8 @@ def training_dataset(network: VisualAD, dataset_dir, layout: str = "mvtec", spli
 
 
 def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synthetic_probability: float = 0.5,
-                  synthetic_source: Sequence[str] | str | None = None, augment: str | None = None,
+                  synthetic_source: Sequence[str] | str | None = None, synthetic_base: Sequence[str] | str | None = None,
+                  augment: str | None = None,
                   augment_probability: float = 0.5, seed: int = 111):
     """``dataset`` with synthetic anomalies and polarity/background augmentations mixed in, as ``visualad-med train``."""
     from .auxiliary import build_auxiliary_set
@@ -458,17 +459,18 @@ def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synt
         synthetic = ",".join(synthetic)
     if isinstance(augment, (list, tuple)):
         augment = ",".join(augment)
-    if isinstance(synthetic_source, str):
-        synthetic_source = [synthetic_source]
+    synthetic_source, synthetic_base = ([value] if isinstance(value, str) else value
+                                        for value in (synthetic_source, synthetic_base))
     try:
         return build_auxiliary_set(dataset, network.config.mean, network.config.std, synthetic=synthetic,
                                    synthetic_probability=synthetic_probability,
-                                   synthetic_sources=synthetic_source or (), augment=augment,
+                                   synthetic_sources=synthetic_source or (), synthetic_bases=synthetic_base or (),
+                                   augment=augment,
                                    augment_probability=augment_probability, seed=seed)
     except ValueError as error:
         key = "augment" if "augment" in str(error) else "synthetic"
         raise BundleConfigError(key, f"{error}; set --{key}, --{key}_probability"
-                                + (", --synthetic_source" if key == "synthetic" else "")) from None
+                                + (", --synthetic_source, --synthetic_base" if key == "synthetic" else "")) from None
 
 
 def run_training(network: VisualAD, dataset, output_dir, config, device, calibration_set=None, resume: bool = False,

@@ -124,7 +124,8 @@ def _train(args: argparse.Namespace) -> int:
     base = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
     dataset = build_auxiliary_set(base, config.mean, config.std, synthetic=args.synthetic,
                                   synthetic_probability=args.synthetic_probability,
-                                  synthetic_sources=args.synthetic_source or (), augment=args.augment,
+                                  synthetic_sources=args.synthetic_source or (),
+                                  synthetic_bases=args.synthetic_base or (), augment=args.augment,
                                   augment_probability=args.augment_probability, seed=args.seed)
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_tokens=args.lr,
                                lr_head=args.lr * 0.1, seed=args.seed, max_steps=args.max_steps,
@@ -132,7 +133,8 @@ def _train(args: argparse.Namespace) -> int:
                                precision=args.precision)
     provenance = {"data": str(args.data), "layout": args.layout, "split": args.split,
                   "synthetic": args.synthetic, "synthetic_probability": args.synthetic_probability,
-                  "synthetic_source": args.synthetic_source, "augment": args.augment,
+                  "synthetic_source": args.synthetic_source, "synthetic_base": args.synthetic_base,
+                  "augment": args.augment,
                   "augment_probability": args.augment_probability, "command": " ".join(args.command_line)}
     train(model, dataset, Path(args.out), train_config, resolve_device(args.device), calibration_set=base,
           resume=args.resume, provenance=provenance)
@@ -275,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synthetic-source", action="append",
                        help="texture source for perlin anomalies: a folder of non-medical images, or 'skimage' "
                        "(scikit-image's photos); repeatable")
+    train.add_argument("--synthetic-base", action="append",
+                       help="extra normal images that half of the synthetic anomalies are drawn on (random square "
+                       "crops), besides the training set's normal images: a folder of non-medical images, or "
+                       "'skimage'; repeatable")
     train.add_argument("--augment", default=None,
                        help="polarity/background augmentations: invert, shrinkpad, or all (see visualad_med.augment)")
     train.add_argument("--augment-probability", type=float, default=0.5, help="chance of each augmentation")

@@ -66,25 +66,31 @@ class SyntheticSpec:
         kinds: anomaly kinds, a subset of :data:`SYNTHETIC_KINDS`.
         probability: chance that a training item is replaced by a synthetic anomaly.
         sources: extra texture sources: folders of images and/or ``"skimage"``.
+        bases: extra normal images to draw anomalies on, besides the training set's
+            normal images: folders of images and/or ``"skimage"``.
     """
 
     kinds: tuple[str, ...]
     probability: float
     sources: tuple[str, ...] = ()
+    bases: tuple[str, ...] = ()
 
 
-def parse_synthetic_spec(kinds: str, probability: float = 0.5, sources: Sequence[str] = ()) -> SyntheticSpec:
+def parse_synthetic_spec(
+    kinds: str, probability: float = 0.5, sources: Sequence[str] = (), bases: Sequence[str] = ()
+) -> SyntheticSpec:
     """Parse a CLI spec such as ``--synthetic perlin,cutpaste --synthetic-source skimage``.
 
     Args:
         kinds: comma-separated kinds, or ``"all"``.
         probability: replacement probability in ``[0, 1]``.
-        sources: folders of extra (non-medical) images and/or ``"skimage"``.
+        sources: folders of extra (non-medical) texture images and/or ``"skimage"``.
+        bases: folders of extra (non-medical) normal images and/or ``"skimage"``.
 
     Raises:
         ValueError: an unknown kind (valid ones listed), no kind, a probability
-            outside ``[0, 1]``, or a source that is neither ``skimage`` nor a
-            folder with images.
+            outside ``[0, 1]``, or a source or base that is neither ``skimage`` nor
+            a folder with images.
     """
     names = [k.strip() for k in kinds.split(",") if k.strip()]
     names = list(SYNTHETIC_KINDS) if names == ["all"] else names
@@ -93,10 +99,30 @@ def parse_synthetic_spec(kinds: str, probability: float = 0.5, sources: Sequence
         raise ValueError(f"unknown synthetic kinds {unknown or kinds!r}; valid: {', '.join(SYNTHETIC_KINDS)}, all")
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"synthetic probability must be in [0, 1], got {probability}")
+    for option, folders in (("source", sources), ("base", bases)):
+        for folder in folders:
+            if folder != SKIMAGE_SOURCE and not list_images(Path(folder)):
+                raise ValueError(f"synthetic {option} {folder!r} is neither {SKIMAGE_SOURCE!r} nor a folder with images")
+    return SyntheticSpec(tuple(dict.fromkeys(names)), float(probability), tuple(sources), tuple(bases))
+
+
+def load_image_sources(sources: Sequence[str]) -> list[tuple[Path, Path | np.ndarray]]:
+    """``(name, image)`` for the images of ``sources``: each folder's files, or the photos for ``"skimage"``."""
+    images: list[tuple[Path, Path | np.ndarray]] = []
     for source in sources:
-        if source != SKIMAGE_SOURCE and not list_images(Path(source)):
-            raise ValueError(f"synthetic source {source!r} is neither {SKIMAGE_SOURCE!r} nor a folder with images")
-    return SyntheticSpec(tuple(dict.fromkeys(names)), float(probability), tuple(sources))
+        if source == SKIMAGE_SOURCE:
+            images += [(Path(SKIMAGE_SOURCE) / name, photo) for name, photo in zip(SKIMAGE_PHOTOS, load_skimage_photos())]
+        else:
+            images += [(path, path) for path in list_images(Path(source))]
+    return images
+
+
+def random_crop(image: np.ndarray, rng: np.random.Generator, smallest: float = 0.5) -> np.ndarray:
+    """A random square crop of ``image`` ``(H, W, C)`` with side in ``[smallest, 1] * min(H, W)``."""
+    height, width = image.shape[:2]
+    side = max(1, int(round(rng.uniform(smallest, 1.0) * min(height, width))))
+    top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
+    return image[top:top + side, left:left + side]
 
 
 def load_skimage_photos() -> list[np.ndarray]:
@@ -320,7 +346,8 @@ def make_anomaly(
 class SyntheticAnomalyDataset(Dataset):
     """Synthetic anomalies drawn on normal images, under the common sample contract.
 
-    Item ``i`` uses normal image ``i % len(normals)``, a kind drawn from
+    Item ``i`` uses normal image ``i % len(normals)`` (or, when ``bases`` are given,
+    with probability 1/2 a random square crop of one of the base images), a kind drawn from
     ``kinds`` and, for ``perlin``, a texture from ``sources`` (or from the other
     normal images when no source is given); ``patchswap`` takes its donor from
     the normal images. Samples have ``label`` 1, ``has_mask`` True and ``path``
@@ -333,6 +360,7 @@ class SyntheticAnomalyDataset(Dataset):
         std: per-channel normalisation standard deviation.
         kinds: anomaly kinds to draw from.
         sources: extra texture folders and/or ``"skimage"``.
+        bases: extra normal image folders and/or ``"skimage"`` to draw anomalies on.
         seed: base seed; item ``i`` uses ``default_rng((seed, epoch, i))``.
         length: number of items; ``len(normals)`` when None.
         min_area: minimum fraction of visibly changed pixels per anomaly.
@@ -352,17 +380,17 @@ class SyntheticAnomalyDataset(Dataset):
         seed: int = 0,
         length: int | None = None,
         min_area: float = 0.002,
+        bases: Sequence[str] = (),
     ) -> None:
         check_normalisation(image_size, mean, std)
-        spec = parse_synthetic_spec(",".join(kinds), 1.0, sources)
+        spec = parse_synthetic_spec(",".join(kinds), 1.0, sources, bases)
         items = normals.normal_records() if isinstance(normals, AnomalyDataset) else list(normals)
         self.normals = [r if isinstance(r, SampleRecord) else SampleRecord(Path(r), 0, "synthetic") for r in items]
         if not self.normals:
             raise ValueError("synthetic anomalies need at least one normal image; none given")
         self.kinds, self.image_size, self.mean, self.std = spec.kinds, image_size, tuple(mean), tuple(std)
-        self.textures: list[Path | np.ndarray] = []
-        for source in spec.sources:
-            self.textures += load_skimage_photos() if source == SKIMAGE_SOURCE else list_images(Path(source))
+        self.textures = [image for _, image in load_image_sources(spec.sources)]
+        self.bases = load_image_sources(spec.bases)
         self.seed, self.epoch, self.min_area = seed, 0, min_area
         self.length = len(self.normals) if length is None else length
         self._skipped = SkipCounter()
@@ -404,11 +432,16 @@ class SyntheticAnomalyDataset(Dataset):
         """
         rng = np.random.default_rng((self.seed, self.epoch, index))
         record = self.normals[index % len(self.normals)]
+        on_base = bool(self.bases) and rng.random() < 0.5
+        if on_base:
+            name, base = self.bases[int(rng.integers(len(self.bases)))]
+            record = SampleRecord(name, 0, "synthetic")
         kind = str(rng.choice(self.kinds))
         others = [r for r in self.normals if r.path != record.path] or self.normals
         pool = self.textures if kind == "perlin" and self.textures else others
         foreign = pool[int(rng.integers(len(pool)))]
-        image, texture = self._read(record), self._read(foreign)
+        image = random_crop(self._read(base), rng) if on_base else self._read(record)
+        texture = self._read(foreign)
         for _ in range(_RESIZE_ATTEMPTS):
             anomalous, mask = make_anomaly(kind, image, texture, rng, self.min_area)
             if mask_to_tensor(mask, self.image_size).any():
@@ -479,6 +512,6 @@ def build_synthetic_training_set(base: AnomalyDataset, spec: SyntheticSpec, seed
         ValueError: ``base`` has no normal image, or ``spec`` is invalid.
     """
     synthetic = SyntheticAnomalyDataset(
-        base, base.image_size, base.mean, base.std, spec.kinds, spec.sources, seed, length=len(base)
+        base, base.image_size, base.mean, base.std, spec.kinds, spec.sources, seed, length=len(base), bases=spec.bases
     )
     return MixedAnomalyDataset(base, synthetic, spec.probability, seed)
