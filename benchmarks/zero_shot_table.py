@@ -57,7 +57,8 @@ def row(maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, image_lev
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--head", required=True, help="head file, or 'untrained'")
+    parser.add_argument("--head", dest="heads", nargs="+", required=True,
+                        help="head files (e.g. a run's checkpoints), or 'untrained'")
     parser.add_argument("--backbone", default="dinov2-s14-224", help="backbone of an untrained head")
     parser.add_argument("--image-size", type=int, default=None,
                         help="run a head at another input size (its SCA position tables are resampled)")
@@ -66,15 +67,24 @@ def main() -> None:
     parser.add_argument("--polyp", type=Path, default=SHARED / "polyp_skin_mvfa")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    if args.head == "untrained":
-        model = build_model(args.backbone, image_size=args.image_size)
-    elif args.image_size:
-        _, head_config, _ = checkpoint.read(Path(args.head))
-        model = build_model(head_config.backbone, image_size=args.image_size, taps=head_config.taps).load_head(args.head)
-    else:
-        model = load_model(args.head)
+    for head in args.heads:
+        print_table(load_head_model(head, args.backbone, args.image_size), head, args)
+
+
+def load_head_model(head: str, backbone: str, image_size: int | None):
+    """The model of ``head`` ('untrained' for a fresh seeded head on ``backbone``), at ``image_size`` if given."""
+    if head == "untrained":
+        return build_model(backbone, image_size=image_size)
+    if image_size:
+        _, head_config, _ = checkpoint.read(Path(head))
+        return build_model(head_config.backbone, image_size=image_size, taps=head_config.taps).load_head(head)
+    return load_model(head)
+
+
+def print_table(model, head: str, args: argparse.Namespace) -> None:
+    """One markdown table: a row per self-similarity weight, from one pass over both dev sets."""
     lgg, polyp = collect(model, args.lgg, args.batch_size), collect(model, args.polyp, args.batch_size)
-    print(f"head {args.head}, backbone {model.config.backbone}, image size {model.image_size}")
+    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}")
     print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
     print("|---|---|---|---|---|---|---|")
     for text in args.weights.split(","):
@@ -89,7 +99,6 @@ def main() -> None:
         cells = [first["image_auroc"], first["image_ap"], first["image_f1_max"], first["pixel_auroc"],
                  first["pixel_aupro"], second["pixel_auroc"]]
         print(f"| {name} | " + " | ".join(f"{100 * np.float64(v):.1f}" for v in cells) + " |", flush=True)
-
 
 if __name__ == "__main__":
     main()
