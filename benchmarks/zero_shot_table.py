@@ -4,6 +4,8 @@ One forward pass per image gives both the trained head's map and the
 self-similarity map; ``combined`` maps with several weights are their sums
 (upsampling and smoothing are linear), so every row comes from the same pass.
 Rows: ``w=0`` is the head alone (visualad), ``w=inf`` self-similarity alone.
+``--map-reference body`` re-references every row's map to its image's body
+median (:mod:`visualad_med.reference`) after mixing; by default each head's own setting.
 
     python benchmarks/zero_shot_table.py --head bundles/visualad_zsad/models/visualad_head.safetensors
     python benchmarks/zero_shot_table.py --head untrained --backbone dinov2-s14-224
@@ -23,16 +25,20 @@ from visualad_med import build_model, checkpoint, load_model
 from visualad_med.datasets import build_dataset, collate_skip_invalid
 from visualad_med.metrics import PixelMetricAccumulator, image_metrics
 from visualad_med.model import top_fraction_mean, upsample_scores
+from visualad_med.reference import body_mask, reference_to_body
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def collect(model, root: Path, batch_size: int) -> tuple[torch.Tensor, ...]:
-    """Smoothed head maps, smoothed self-similarity maps, masks and labels of a set (model resolution)."""
+    """Smoothed head maps, smoothed self-similarity maps, masks, labels and body masks of a set (model resolution).
+
+    Both maps are the method's (not body-referenced); the body masks let the caller reference them.
+    """
     config = model.config
     dataset = build_dataset("mvfa", root, config.image_size, config.mean, config.std, missing_mask="skip")
-    head_maps, selfsim_maps, masks, labels = [], [], [], []
-    model.set_scoring("selfsim")
+    head_maps, selfsim_maps, masks, labels, bodies = [], [], [], [], []
+    model.set_scoring("selfsim").set_map_reference("none")
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size, collate_fn=collate_skip_invalid):
             out = model(batch["image"])
@@ -42,7 +48,8 @@ def collect(model, root: Path, batch_size: int) -> tuple[torch.Tensor, ...]:
             selfsim_maps.append(out["map"])
             masks.append(batch["mask"] > 0.5)
             labels.append(batch["label"])
-    return torch.cat(head_maps), torch.cat(selfsim_maps), torch.cat(masks), torch.cat(labels)
+            bodies.append(body_mask(batch["image"], config.mean, config.std))
+    return torch.cat(head_maps), torch.cat(selfsim_maps), torch.cat(masks), torch.cat(labels), torch.cat(bodies)
 
 
 def row(maps: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, image_level: bool) -> dict[str, float]:
@@ -66,6 +73,8 @@ def main() -> None:
     parser.add_argument("--lgg", type=Path, default=SHARED / "lgg_mvfa")
     parser.add_argument("--polyp", type=Path, default=SHARED / "polyp_skin_mvfa")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--map-reference", choices=["none", "body"], default=None,
+                        help="reference of every row's map (default: the head's own)")
     args = parser.parse_args()
     for head in args.heads:
         print_table(load_head_model(head, args.backbone, args.image_size), head, args)
@@ -83,19 +92,21 @@ def load_head_model(head: str, backbone: str, image_size: int | None):
 
 def print_table(model, head: str, args: argparse.Namespace) -> None:
     """One markdown table: a row per self-similarity weight, from one pass over both dev sets."""
+    reference = args.map_reference or model.config.map_reference
     lgg, polyp = collect(model, args.lgg, args.batch_size), collect(model, args.polyp, args.batch_size)
-    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}")
+    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, map reference {reference}")
     print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
     print("|---|---|---|---|---|---|---|")
     for text in args.weights.split(","):
         weight = float(text)
         name = {0.0: "visualad"}.get(weight, "selfsim" if math.isinf(weight) else f"combined w={weight:g}")
 
-        def mix(head, selfsim):
-            return selfsim if math.isinf(weight) else head + weight * selfsim
+        def mix(head, selfsim, body):
+            maps = selfsim if math.isinf(weight) else head + weight * selfsim
+            return reference_to_body(maps, body) if reference == "body" else maps
 
-        first = row(mix(lgg[0], lgg[1]), lgg[2], lgg[3], image_level=True)
-        second = row(mix(polyp[0], polyp[1]), polyp[2], polyp[3], image_level=False)
+        first = row(mix(lgg[0], lgg[1], lgg[4]), lgg[2], lgg[3], image_level=True)
+        second = row(mix(polyp[0], polyp[1], polyp[4]), polyp[2], polyp[3], image_level=False)
         cells = [first["image_auroc"], first["image_ap"], first["image_f1_max"], first["pixel_auroc"],
                  first["pixel_aupro"], second["pixel_auroc"]]
         print(f"| {name} | " + " | ".join(f"{100 * np.float64(v):.1f}" for v in cells) + " |", flush=True)

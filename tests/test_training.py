@@ -156,9 +156,11 @@ def test_cli_calibrate_rewrites_scoring_and_threshold(tmp_path):
     head = tmp_path / "run/head.safetensors"
     out = tmp_path / "combined.safetensors"
     assert main(["calibrate", "--data", str(root), "--layout", "mvtec", "--head", str(head), "--out", str(out),
-                 "--scoring", "combined", "--selfsim-weight", "2", "--backbone-weights", "random"]) == 0
+                 "--scoring", "combined", "--selfsim-weight", "2", "--map-reference", "body",
+                 "--backbone-weights", "random"]) == 0
     before = build_model("vit_tiny_patch16_224", backbone_weights="random", image_size=32, taps=(6, 12)).load_head(head)
     after = build_model("vit_tiny_patch16_224", backbone_weights="random", image_size=32, taps=(6, 12)).load_head(out)
-    assert (after.config.scoring, after.config.selfsim_weight) == ("combined", 2.0)
+    assert (after.config.scoring, after.config.selfsim_weight, after.config.map_reference) == ("combined", 2.0, "body")
     assert after.threshold != before.threshold
     assert after.config.training["calibration"]["scoring"] == "combined"
+    assert after.config.training["calibration"]["map_reference"] == "body"

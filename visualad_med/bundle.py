@@ -187,6 +187,7 @@ def build_network(
     head: str | Path | None = None,
     image_size: int | None = None,
     scoring: str | None = None,
+    map_reference: str | None = None,
     bundle_root: str | Path = BUNDLE_ROOT,
 ) -> VisualADMapNet:
     """The model the inference and evaluation configs run, on the CPU in eval mode.
@@ -197,6 +198,7 @@ def build_network(
         head: head file, or ``untrained``; see :func:`head_file`.
         image_size: input side in pixels for an untrained head (a head brings its own).
         scoring: ``visualad``, ``selfsim`` or ``combined``; default the head's.
+        map_reference: ``none`` or ``body`` (:mod:`visualad_med.reference`); default the head's.
         bundle_root: the bundle folder (to recognise its own head).
 
     Raises:
@@ -211,13 +213,16 @@ def build_network(
             model = load_model(path, backbone=backbone, backbone_weights=backbone_weights)
     except (ValueError, TypeError, BackboneWeightsError) as error:
         raise _model_error(error) from None
-    if scoring:
+    for key, value, choose in (("scoring", scoring, model.set_scoring),
+                               ("map_reference", map_reference, model.set_map_reference)):
         try:
-            model.set_scoring(scoring)
+            if value:
+                choose(value)
         except ValueError as error:
-            raise BundleConfigError("scoring", f"{error}; set --scoring") from None
-    logger.info("model: backbone %s, image size %d, taps %s, scoring %s, head %s", model.config.backbone,
-                model.config.image_size, list(model.config.taps), model.config.scoring, path or UNTRAINED)
+            raise BundleConfigError(key, f"{error}; set --{key}") from None
+    logger.info("model: backbone %s, image size %d, taps %s, scoring %s, map reference %s, head %s",
+                model.config.backbone, model.config.image_size, list(model.config.taps), model.config.scoring,
+                model.config.map_reference, path or UNTRAINED)
     return VisualADMapNet(model.eval(), path)
 
 

@@ -57,6 +57,9 @@ class HeadConfig:
             (default ``L/2, 3L/4``).
         selfsim_weight: weight of the self-similarity sum in ``combined``.
         selfsim_neighbours: ``k`` nearest patches averaged by self-similarity.
+        map_reference: ``none`` (the method's map) or ``body``: ``map`` minus its
+            median over the image's body (:mod:`visualad_med.reference`); the
+            threshold refers to this map.
         training: free-form provenance (data, epochs, seed, time).
     """
 
@@ -77,6 +80,7 @@ class HeadConfig:
     selfsim_layers: tuple[int, ...] | None = None
     selfsim_weight: float = 1.0
     selfsim_neighbours: int = 5
+    map_reference: str = "none"
     training: dict = field(default_factory=dict)
     format: str = FORMAT
 

@@ -42,6 +42,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the map is made: the trained head (visualad), training-free patch self-similarity (selfsim), "
         "or their sum (combined); default: the head's own setting",
     )
+    group.add_argument(
+        "--map-reference",
+        default=None,
+        choices=["none", "body"],
+        help="'body': subtract from each map its median over the image's body (pixels brighter than 10%% of the "
+        "image's brightest), so a lesion is scored against the same image's tissue; 'none': the method's raw "
+        "map; default: the head's own setting",
+    )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str) -> None:
@@ -76,6 +84,8 @@ def load_cli_model(args: argparse.Namespace):
         model = load_model(head, backbone=args.backbone, backbone_weights=args.backbone_weights)
     if args.scoring:
         model.set_scoring(args.scoring)
+    if args.map_reference:
+        model.set_map_reference(args.map_reference)
     return model
 
 
@@ -155,9 +165,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     config.threshold = calibrate_threshold(model, dataset, device, args.batch_size, args.calibration_images)
     config.training = {**config.training, "calibration": {"data": str(args.data), "layout": args.layout,
                                                           "split": args.split, "scoring": config.scoring,
+                                                          "map_reference": config.map_reference,
                                                           "images": args.calibration_images}}
     path = model.save_head(Path(args.out))
-    logger.info("wrote %s: scoring %s, threshold %.4f", path, config.scoring, config.threshold)
+    logger.info("wrote %s: scoring %s, map reference %s, threshold %.4f", path, config.scoring,
+                config.map_reference, config.threshold)
     return 0
 
 
@@ -294,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = commands.add_parser(
         "calibrate",
         help="re-calibrate a head's mask threshold (F1-max over pixels) on a data set with masks",
-        description="Load a head, optionally change its scoring (--scoring, --selfsim-weight), compute the "
+        description="Load a head, optionally change its scoring (--scoring, --selfsim-weight, --map-reference), "
+        "compute the "
         "pixel F1-max threshold of its map on an industrial data set with masks, and write the head with that "
         "threshold to --out. Keep medical data out of it: zero-shot means the head never sees them.",
     )

@@ -30,6 +30,7 @@ from .backbone import (
 )
 from .checkpoint import HeadCheckpointError, HeadConfig
 from .head import SelfAlignment, SpatialCrossAttention, token_contrast
+from .reference import MAP_REFERENCES, body_mask, reference_to_body
 from .selfsim import default_layers, self_similarity_scores
 from .smoothing import GaussianSmoothing
 
@@ -63,7 +64,8 @@ class VisualAD(nn.Module):
     trained at) to get a dict:
 
     - ``map_raw`` ``(B, H, W)``: sum over taps of the upsampled patch scores;
-    - ``map`` ``(B, H, W)``: ``map_raw`` smoothed (Gaussian, sigma 4 px);
+    - ``map`` ``(B, H, W)``: ``map_raw`` smoothed (Gaussian, sigma 4 px), minus its
+      median over the image's body when ``config.map_reference`` is ``body``;
     - ``score`` ``(B,)``: mean of the top 1 % of ``map``;
     - ``probability`` ``(B, H, W)``: ``sigmoid(map / #taps)``, a bounded view for display;
     - ``patch_scores`` ``{tap: (B, h, w)}``: ``cos(SAF(p), a') - cos(SAF(p), n')``;
@@ -73,6 +75,8 @@ class VisualAD(nn.Module):
     (``visualad``, the default and what training uses), training-free
     self-similarity (``selfsim``, :mod:`visualad_med.selfsim`), or
     ``combined``: ``visualad + selfsim_weight * selfsim``.
+    ``config.map_reference`` (``none`` or ``body``, :mod:`visualad_med.reference`)
+    chooses whether ``map`` is re-referenced to the image's own body.
     """
 
     def __init__(self, backbone: TokenViT, config: HeadConfig):
@@ -113,13 +117,21 @@ class VisualAD(nn.Module):
             self.config.selfsim_weight = float(weight)
         return self
 
+    def set_map_reference(self, reference: str) -> VisualAD:
+        """Choose ``none`` (the method's map) or ``body`` (map minus its median over the image's body)."""
+        if reference not in MAP_REFERENCES:
+            raise ValueError(f"unknown map reference {reference!r}; valid: {', '.join(MAP_REFERENCES)}")
+        self.config.map_reference = reference
+        return self
+
     @property
     def map_bound(self) -> float:
-        """Largest possible ``|map|`` under the current scoring."""
+        """Largest possible ``|map|`` under the current scoring and map reference."""
         method = 2.0 * len(self.taps)
         selfsim = 2.0 * len(self.selfsim_layers)
         scoring = self.config.scoring
-        return {"visualad": method, "selfsim": selfsim}.get(scoring, method + self.config.selfsim_weight * selfsim)
+        bound = {"visualad": method, "selfsim": selfsim}.get(scoring, method + self.config.selfsim_weight * selfsim)
+        return 2.0 * bound if self.config.map_reference == "body" else bound
 
     @property
     def threshold(self) -> float:
@@ -174,6 +186,8 @@ class VisualAD(nn.Module):
             scores = selfsim if scoring == "selfsim" else scores + self.config.selfsim_weight * selfsim
         map_raw = upsample_scores(scores, (height, width))
         smoothed = self.smoothing(map_raw)
+        if self.config.map_reference == "body":
+            smoothed = reference_to_body(smoothed, body_mask(images, self.config.mean, self.config.std))
         return {
             "map_raw": map_raw,
             "map": smoothed,
@@ -221,7 +235,8 @@ class VisualAD(nn.Module):
                     f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}"
                 )
         self.load_state_dict(tensors, strict=False)
-        for name in ("threshold", "training", "scoring", "selfsim_layers", "selfsim_weight", "selfsim_neighbours"):
+        for name in ("threshold", "training", "scoring", "selfsim_layers", "selfsim_weight", "selfsim_neighbours",
+                     "map_reference"):
             setattr(self.config, name, getattr(config, name))
         return self
 
