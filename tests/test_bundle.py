@@ -114,10 +114,12 @@ def test_train_then_evaluate(work: Path):
     bundle("run", "--config_file", TRAIN, "--dataset_dir", "mvtec", "--output_dir", "train", *tiny,
            "--image_size", str(SIZE), "--epochs", "1", "--max_steps", "2", "--batch_size", "2",
            "--synthetic", "cutpaste", "--synthetic_base", "skimage", "--augment", "all", "--augment_probability", "1.0",
-           cwd=work)
+           "--map_reference", "body", cwd=work)
     head = work / "train" / "head.safetensors"
     assert head.is_file() and (work / "train" / "checkpoints" / "epoch_001.safetensors").is_file()
-    training = json.loads((work / "train" / "head.json").read_text())["training"]
+    config = json.loads((work / "train" / "head.json").read_text())
+    training = config["training"]
+    assert config["map_reference"] == "body"
     assert "monai.bundle run" in training["command"] and training["layout"] == "mvtec" and training["epochs"] == 1
     assert (training["synthetic"], training["synthetic_base"], training["augment"]) == ("cutpaste", "skimage", "all")
 
@@ -193,7 +195,7 @@ def _run_in_process(config: str, **overrides) -> None:
 
 @pytest.mark.parametrize("case", ["empty dataset_dir", "unknown backbone", "head of another backbone",
                                   "missing head", "output inside input", "unknown plane", "unknown layout",
-                                  "unknown augmentation"])
+                                  "unknown augmentation", "unknown map reference"])
 def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     tiny = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors"), "device": "cpu"}
@@ -206,6 +208,7 @@ def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
         "output inside input": (INFERENCE, "output_dir", {"output_dir": str(work / "scans" / "out")}),
         "unknown plane": (INFERENCE, "planes", {**tiny, "planes": "axial,axil"}),
         "unknown layout": (TRAIN, "layout", {**tiny, "layout": "folders"}),
+        "unknown map reference": (INFERENCE, "map_reference", {**tiny, "map_reference": "organ"}),
         "unknown augmentation": (TRAIN, "augment", {**tiny, "augment": "invert,blur",
                                                     "dataset_dir": str(make_mvtec(tmp_path / "mvtec"))}),
     }[case]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -109,9 +110,10 @@ def test_cli_trains_with_synthetic_anomalies_and_skips_a_corrupt_image(tmp_path,
     (root / "widget/test/good/broken.png").write_bytes(b"not a png")
     caplog.set_level(logging.INFO)
     code = main(["train", "--data", str(root), "--layout", "mvtec", "--out", str(tmp_path / "run"), "--epochs", "1",
-                 "--synthetic", "all", "--synthetic-probability", "0.5", *TINY_CLI])
+                 "--synthetic", "all", "--synthetic-probability", "0.5", "--map-reference", "body", *TINY_CLI])
     assert code == 0
-    assert (tmp_path / "run/head.safetensors").is_file()
+    head = json.loads((tmp_path / "run/head.json").read_text())
+    assert head["map_reference"] == "body" and head["threshold"] is not None
     assert "broken.png" in caplog.text and re.search(r"[1-9]\d* unreadable skipped", caplog.text)
 
 

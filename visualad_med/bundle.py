@@ -439,13 +439,17 @@ def command_line() -> str:
 
 def build_training_network(backbone: str = DEFAULT_BACKBONE, backbone_weights: str | None = None,
                            image_size: int | None = None, taps: str | Sequence[int] | None = None,
-                           seed: int = 0) -> VisualAD:
+                           seed: int = 0, map_reference: str = "none") -> VisualAD:
     """A fresh VisualAD to train (the train config's ``network_def``); errors name the key."""
     try:
-        return build_model(backbone, backbone_weights=backbone_weights, image_size=image_size, taps=as_taps(taps),
-                           seed=seed)
+        model = build_model(backbone, backbone_weights=backbone_weights, image_size=image_size, taps=as_taps(taps),
+                            seed=seed)
     except (ValueError, TypeError, BackboneWeightsError) as error:
         raise _model_error(error) from None
+    try:
+        return model.set_map_reference(map_reference)
+    except ValueError as error:
+        raise BundleConfigError("map_reference", f"{error}; set --map_reference") from None
 
 
 def training_dataset(network: VisualAD, dataset_dir, layout: str = "mvtec", split: str = "test"):

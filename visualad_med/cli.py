@@ -130,6 +130,7 @@ def _train(args: argparse.Namespace) -> int:
 
     model = build_model(args.backbone, backbone_weights=args.backbone_weights, image_size=args.image_size,
                         taps=tuple(int(t) for t in args.taps.split(",")) if args.taps else None, seed=args.seed)
+    model.set_map_reference(args.map_reference)
     config = model.config
     base = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
     dataset = build_auxiliary_set(base, config.mean, config.std, synthetic=args.synthetic,
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast of the forward pass: auto = bf16 on CUDA, fp32 on the CPU; bf16 on a CPU "
                        "with AVX512-BF16 is about 1.5x faster")
+    train.add_argument("--map-reference", default="none", choices=["none", "body"],
+                       help="reference of the head's map, recorded in the head and used for its threshold (the "
+                       "losses use the method's raw map either way); see 'visualad-med predict --help'")
     train.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.set_defaults(run=_train)
