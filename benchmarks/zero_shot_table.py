@@ -92,7 +92,8 @@ def load_head_model(head: str, backbone: str, image_size: int | None):
 
 def print_table(model, head: str, args: argparse.Namespace) -> None:
     """One markdown table: a row per self-similarity weight, from one pass over both dev sets."""
-    reference = args.map_reference or model.config.map_reference
+    own_reference, threshold = model.config.map_reference, model.config.threshold
+    reference = args.map_reference or own_reference
     lgg, polyp = collect(model, args.lgg, args.batch_size), collect(model, args.polyp, args.batch_size)
     print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, map reference {reference}")
     print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
@@ -100,16 +101,29 @@ def print_table(model, head: str, args: argparse.Namespace) -> None:
     for text in args.weights.split(","):
         weight = float(text)
         name = {0.0: "visualad"}.get(weight, "selfsim" if math.isinf(weight) else f"combined w={weight:g}")
-
-        def mix(head, selfsim, body):
-            maps = selfsim if math.isinf(weight) else head + weight * selfsim
-            return reference_to_body(maps, body) if reference == "body" else maps
-
-        first = row(mix(lgg[0], lgg[1], lgg[4]), lgg[2], lgg[3], image_level=True)
-        second = row(mix(polyp[0], polyp[1], polyp[4]), polyp[2], polyp[3], image_level=False)
+        first = row(mixed(lgg, weight, reference), lgg[2], lgg[3], image_level=True)
+        second = row(mixed(polyp, weight, reference), polyp[2], polyp[3], image_level=False)
         cells = [first["image_auroc"], first["image_ap"], first["image_f1_max"], first["pixel_auroc"],
                  first["pixel_aupro"], second["pixel_auroc"]]
         print(f"| {name} | " + " | ".join(f"{100 * np.float64(v):.1f}" for v in cells) + " |", flush=True)
+    if threshold is not None and reference == own_reference:
+        cells = [mask_agreement(mixed(data, 0.0, reference), data[2], threshold) for data in (lgg, polyp)]
+        print(f"at the head's threshold {threshold:.4f} (visualad): LGG marks {cells[0][0]:.1f} % of the pixels, "
+              f"Dice {cells[0][1]:.3f}; polyp/skin marks {cells[1][0]:.1f} %, Dice {cells[1][1]:.3f}")
+
+
+def mixed(data: tuple[torch.Tensor, ...], weight: float, reference: str) -> torch.Tensor:
+    """Maps of a collected set: head + ``weight`` x self-similarity (``inf``: self-similarity alone), referenced."""
+    maps = data[1] if math.isinf(weight) else data[0] + weight * data[1]
+    return reference_to_body(maps, data[4]) if reference == "body" else maps
+
+
+def mask_agreement(maps: torch.Tensor, masks: torch.Tensor, threshold: float) -> tuple[float, float]:
+    """``(percent of pixels above threshold, Dice of that mask with the ground truth)`` over all images."""
+    predicted = maps > threshold
+    overlap = (predicted & masks).sum().item()
+    return 100.0 * predicted.float().mean().item(), 2.0 * overlap / max(1, predicted.sum().item() + masks.sum().item())
+
 
 if __name__ == "__main__":
     main()
