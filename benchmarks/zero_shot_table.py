@@ -25,12 +25,12 @@ from visualad_med import build_model, checkpoint, load_model
 from visualad_med.datasets import build_dataset, collate_skip_invalid
 from visualad_med.metrics import PixelMetricAccumulator, image_metrics
 from visualad_med.model import top_fraction_mean, upsample_scores
-from visualad_med.reference import body_mask, reference_to_body
+from visualad_med.reference import BODY_LEVEL, body_mask, reference_to_body
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def collect(model, root: Path, batch_size: int) -> tuple[torch.Tensor, ...]:
+def collect(model, root: Path, batch_size: int, body_level: float = BODY_LEVEL) -> tuple[torch.Tensor, ...]:
     """Smoothed head maps, smoothed self-similarity maps, masks, labels and body masks of a set (model resolution).
 
     Both maps are the method's (not body-referenced); the body masks let the caller reference them.
@@ -48,7 +48,7 @@ def collect(model, root: Path, batch_size: int) -> tuple[torch.Tensor, ...]:
             selfsim_maps.append(out["map"])
             masks.append(batch["mask"] > 0.5)
             labels.append(batch["label"])
-            bodies.append(body_mask(batch["image"], config.mean, config.std))
+            bodies.append(body_mask(batch["image"], config.mean, config.std, body_level))
     return torch.cat(head_maps), torch.cat(selfsim_maps), torch.cat(masks), torch.cat(labels), torch.cat(bodies)
 
 
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--map-reference", choices=["none", "body"], default=None,
                         help="reference of every row's map (default: the head's own)")
+    parser.add_argument("--body-level", type=float, default=BODY_LEVEL,
+                        help="body = grey above this fraction of the image's brightest (sensitivity check)")
     args = parser.parse_args()
     for head in args.heads:
         print_table(load_head_model(head, args.backbone, args.image_size), head, args)
@@ -94,8 +96,8 @@ def print_table(model, head: str, args: argparse.Namespace) -> None:
     """One markdown table: a row per self-similarity weight, from one pass over both dev sets."""
     own_reference, threshold = model.config.map_reference, model.config.threshold
     reference = args.map_reference or own_reference
-    lgg, polyp = collect(model, args.lgg, args.batch_size), collect(model, args.polyp, args.batch_size)
-    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, map reference {reference}")
+    lgg, polyp = (collect(model, root, args.batch_size, args.body_level) for root in (args.lgg, args.polyp))
+    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, map reference {reference}, body level {args.body_level:g}")
     print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
     print("|---|---|---|---|---|---|---|")
     for text in args.weights.split(","):
