@@ -97,7 +97,8 @@ def print_table(model, head: str, args: argparse.Namespace) -> None:
     own_reference, threshold = model.config.map_reference, model.config.threshold
     reference = args.map_reference or own_reference
     lgg, polyp = (collect(model, root, args.batch_size, args.body_level) for root in (args.lgg, args.polyp))
-    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, map reference {reference}, body level {args.body_level:g}")
+    print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, "
+          f"map reference {reference}, body level {args.body_level:g}")
     print("| scoring | LGG img AUROC | LGG img AP | LGG img F1-max | LGG px AUROC | LGG AUPRO | polyp/skin px AUROC |")
     print("|---|---|---|---|---|---|---|")
     for text in args.weights.split(","):

@@ -458,10 +458,10 @@ def training_dataset(network: VisualAD, dataset_dir, layout: str = "mvtec", spli
 
 
 def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synthetic_probability: float = 0.5,
-                  synthetic_source: Sequence[str] | str | None = None, synthetic_base: Sequence[str] | str | None = None,
-                  augment: str | None = None,
+                  synthetic_source: Sequence[str] | str | None = None,
+                  synthetic_base: Sequence[str] | str | None = None, augment: str | None = None,
                   augment_probability: float = 0.5, seed: int = 111):
-    """``dataset`` with synthetic anomalies and polarity/background augmentations mixed in, as ``visualad-med train``."""
+    """``dataset`` with synthetic anomalies and augmentations mixed in, as ``visualad-med train`` does."""
     from .auxiliary import build_auxiliary_set
 
     if isinstance(synthetic, (list, tuple)):
