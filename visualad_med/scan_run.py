@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,13 @@ def process_scan(
                               head_sha256, (started, loaded, inferred))
 
 
+def _write_series_seg(source: ScanSource, mask: np.ndarray, path: Path) -> None:
+    """The mask as a DICOM SEG referencing the scan's series."""
+    series = read_series(tuple(source.files), MAX_GAP_SLICES)
+    write_dicom_seg(series.to_source_frames(mask), series.datasets, path, "VisualAD zero-shot anomaly detection",
+                    __version__)
+
+
 def write_scan_outputs(
     model: VisualAD,
     source: ScanSource,
@@ -158,13 +166,14 @@ def write_scan_outputs(
     threshold = mask_threshold(model, settings)
     affine = volume.affine.numpy()
     paths = output_paths(out_dir, source.name, source.kind == "dicom")
-    write_nifti(anomaly.numpy(), affine, paths["anomaly"])
-    write_nifti(mask.numpy(), affine, paths["mask"])
-    write_seg_nrrd(mask.numpy(), affine, paths["segmentation"])
+    writes = [(write_nifti, anomaly.numpy(), affine, paths["anomaly"]),
+              (write_nifti, mask.numpy(), affine, paths["mask"]),
+              (write_seg_nrrd, mask.numpy(), affine, paths["segmentation"])]
     if source.kind == "dicom":
-        series = read_series(tuple(source.files), MAX_GAP_SLICES)
-        write_dicom_seg(series.to_source_frames(mask.numpy()), series.datasets, paths["dicom_seg"],
-                        "VisualAD zero-shot anomaly detection", __version__)
+        writes.append((_write_series_seg, source, mask.numpy(), paths["dicom_seg"]))
+    with ThreadPoolExecutor(max_workers=len(writes)) as pool:  # gzip and DICOM encoding release the GIL
+        for done in [pool.submit(*write) for write in writes]:
+            done.result()
     summary = scan_scores(anomaly, scores.scores)
     finished = time.perf_counter()
     slices = max(1, scores.slices_run)
