@@ -27,8 +27,10 @@ def test_config_records_backbone_hash_size_taps_threshold_and_reference():
 
 
 def test_loads_onto_the_offline_backbone_as_load_model_does():
+    default = build_model("dinov2-s14").load_head(HEAD)
+    assert default.config.weights_sha256 == IMGFOCUS_SHA256 and default.config.map_reference == "body"
     model = build_model("dinov2-s14", image_size=224).load_head(HEAD)
-    assert model.config.weights_sha256 == IMGFOCUS_SHA256 and model.config.map_reference == "body"
+    assert model.threshold == default.threshold
     reference = load_model(HEAD)
     for name, tensor in model.head_state_dict().items():
         torch.testing.assert_close(tensor, reference.head_state_dict()[name], rtol=0, atol=0)
