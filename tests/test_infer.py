@@ -27,13 +27,13 @@ from bad_inputs import build_bad_inputs, oblique_orientation, write_dicom_series
 from conftest import tiny_vit
 from monai.data import MetaTensor
 from monai.data.utils import orientation_ras_lps
+from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
 from visualad_med.cli import main
 from visualad_med.inference import SliceInferer, scan_scores
 from visualad_med.model import VisualAD, build_model
 from visualad_med.volumes import DicomSeries, ScanSource, find_scans, load_scan
 
-ATOL = 1e-4
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
          "--image-size", "32", "--device", "cpu"]
 ROWS, COLUMNS, SLICES = 20, 24, 8
@@ -73,20 +73,6 @@ def ct_pixels() -> np.ndarray:
     pixels = np.random.default_rng(2).normal(1064.0, 5.0, (SLICES, ROWS, COLUMNS))
     pixels[3:6, 4:10, 6:14] += 40.0
     return pixels.astype(np.int16)
-
-
-def geometry(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.array(image.GetOrigin()), np.array(image.GetSpacing()), np.array(image.GetDirection())
-
-
-def assert_same_geometry(actual: sitk.Image, expected: sitk.Image) -> None:
-    for got, want, what in zip(geometry(actual), geometry(expected), ("origin", "spacing", "direction")):
-        np.testing.assert_allclose(got, want, atol=ATOL, err_msg=what)
-
-
-def sitk_xyz(image: sitk.Image) -> np.ndarray:
-    """SimpleITK's ``(Z, Y, X)`` array as ``(X, Y, Z)``."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
 def read_series(folder: Path) -> sitk.Image:

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 import torch
 from bad_inputs import oblique_orientation, write_dicom_series
 from monai.data.utils import orientation_ras_lps
+from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
 from visualad_med.volumes import (
     DicomSeries,
@@ -35,24 +36,9 @@ from visualad_med.volumes import (
 )
 from visualad_med.volumes.sitk_reader import sitk_affine
 
-ATOL = 1e-4
 ROWS, COLUMNS, SLICES = 20, 24, 8
 BLOB = (slice(3, 6), slice(7, 11), 5)  # rows, columns, slice of the synthetic series
 ORIGIN = (10.0, -20.0, 30.0)
-
-
-def geometry(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.array(image.GetOrigin()), np.array(image.GetSpacing()), np.array(image.GetDirection())
-
-
-def assert_same_geometry(actual: sitk.Image, expected: sitk.Image) -> None:
-    for got, want, what in zip(geometry(actual), geometry(expected), ("origin", "spacing", "direction")):
-        np.testing.assert_allclose(got, want, atol=ATOL, err_msg=what)
-
-
-def sitk_xyz(image: sitk.Image) -> np.ndarray:
-    """SimpleITK's ``(Z, Y, X)`` array as ``(X, Y, Z)``."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
 def dicom_point(ds: pydicom.Dataset, row: float, column: float) -> np.ndarray:

@@ -33,13 +33,13 @@ from torch import nn
 
 from .checkpoint import HeadCheckpointError
 from .img_focus import cache_dir
-from .inference import SliceInferer
+from .inference import SliceInferer, check_planes
 from .model import VisualAD, build_model, load_model
 from .runtime import BUNDLED_HEAD, file_sha256
 from .runtime import resolve_device as _resolve_device
 from .scan_run import RunSettings, mask_threshold as _mask_threshold
 from .scan_run import run_scans, write_scan_outputs
-from .transforms import PLANES, resolve_window
+from .transforms import resolve_window
 from .volumes import ScanSource, find_scans, load_scan, write_nifti
 from .weights import BackboneWeightsError
 
@@ -87,9 +87,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def as_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
     """``"axial"``, ``"axial,coronal,sagittal"`` or a list of planes, as a tuple; checked."""
     names = tuple(str(plane).strip() for plane in (planes.split(",") if isinstance(planes, str) else planes))
-    if not names or any(name not in PLANES for name in names) or len(set(names)) != len(names):
-        raise BundleConfigError("planes", f"expected distinct planes among {', '.join(sorted(PLANES))}, got "
-                                f"{list(names)}; set --planes, e.g. axial,coronal,sagittal")
+    try:
+        check_planes(names)
+    except ValueError as error:
+        raise BundleConfigError("planes", f"{error}; set --planes, e.g. axial,coronal,sagittal") from None
     return names
 
 

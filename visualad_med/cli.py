@@ -311,9 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate",
         help="re-calibrate a head's mask threshold (F1-max over pixels) on a data set with masks",
         description="Load a head, optionally change its scoring (--scoring, --selfsim-weight, --map-reference), "
-        "compute the "
-        "pixel F1-max threshold of its map on an industrial data set with masks, and write the head with that "
-        "threshold to --out. Keep medical data out of it: zero-shot means the head never sees them.",
+        "compute the pixel F1-max threshold of its map on an industrial data set with masks, and write the head "
+        "with that threshold to --out. Keep medical data out of it: zero-shot means the head never sees them.",
     )
     _add_data_arguments(calibrate, "mvtec, visa or meta (industrial data with pixel masks)")
     calibrate.add_argument("--out", required=True, help="output head (.safetensors)")

@@ -102,7 +102,8 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"{counts['unreadable']} unreadable and skipped, {counts['mask_problems']} anomalous left out of pixel "
         "metrics (mask missing, unreadable or of another size)",
         f"- Model: backbone `{config['backbone']}` at {config['image_size']} px, taps {taps}, "
-        f"scoring {config.get('scoring', 'visualad')}, map reference {config.get('map_reference', 'none')}, head `{model['head_sha256']}`",
+        f"scoring {config.get('scoring', 'visualad')}, map reference {config.get('map_reference', 'none')}, "
+        f"head `{model['head_sha256']}`",
         f"- Protocol: {results['protocol']}",
         "",
         markdown_table(results),

@@ -290,7 +290,6 @@ class AnomalyDataset(Dataset):
         }
 
 
-
 class LayoutDataset(AnomalyDataset):
     """A split of a folder layout: the layout only says how to list its records.
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 import torch
-import nibabel as nib
 from monai.data.utils import orientation_ras_lps
 from pydicom.sr.codedict import codes
 
