@@ -52,10 +52,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str) -> None:
-    parser.add_argument("--data", required=True, help="data root")
-    parser.add_argument("--layout", required=True, help=layouts)
-    parser.add_argument("--split", default="test", help="split to use (default: test)")
+def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str, several: bool = False,
+                        layout_required: bool = True, split_default: str | None = "test") -> None:
+    if several:
+        parser.add_argument("--data", required=True, action="append",
+                            help="data root; repeat it to train on several roots at once (same layout)")
+    else:
+        parser.add_argument("--data", required=True, help="data root")
+    parser.add_argument("--layout", required=layout_required, help=layouts)
+    parser.add_argument("--split", default=split_default, help=f"split to use (default: {split_default or 'test'})")
 
 
 def head_path(args: argparse.Namespace) -> Path | None:
@@ -123,7 +128,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .auxiliary import build_auxiliary_set
-    from .datasets import build_dataset
+    from .datasets import build_dataset, class_balanced_weights
     from .model import build_model
     from .runtime import resolve_device
     from .training import TrainConfig, train
@@ -142,13 +147,16 @@ def _train(args: argparse.Namespace) -> int:
                                lr_head=args.lr * 0.1, seed=args.seed, max_steps=args.max_steps,
                                workers=args.workers, calibration_images=args.calibration_images,
                                precision=args.precision)
-    provenance = {"data": str(args.data), "layout": args.layout, "split": args.split,
+    balance = len(base.classes) > 1 if args.balance_classes is None else args.balance_classes
+    provenance = {"data": [str(root) for root in args.data], "layout": args.layout, "split": args.split,
+                  "classes": base.classes, "balance_classes": balance,
                   "synthetic": args.synthetic, "synthetic_probability": args.synthetic_probability,
                   "synthetic_source": args.synthetic_source, "synthetic_base": args.synthetic_base,
                   "augment": args.augment,
                   "augment_probability": args.augment_probability, "command": " ".join(args.command_line)}
     train(model, dataset, Path(args.out), train_config, resolve_device(args.device), calibration_set=base,
-          resume=args.resume, provenance=provenance)
+          resume=args.resume, provenance=provenance,
+          sample_weights=class_balanced_weights(base) if balance else None)
     return 0
 
 
@@ -164,7 +172,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     config = model.config
     dataset = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
     config.threshold = calibrate_threshold(model, dataset, device, args.batch_size, args.calibration_images)
-    config.training = {**config.training, "calibration": {"data": str(args.data), "layout": args.layout,
+    config.training = {**config.training, "calibration": {"data": [str(root) for root in args.data], "layout": args.layout,
                                                           "split": args.split, "scoring": config.scoring,
                                                           "map_reference": config.map_reference,
                                                           "images": args.calibration_images}}
@@ -183,6 +191,10 @@ def _make_meta(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.labels or args.layout == "msd":
+        return _evaluate_volumes(args)
+    if args.layout is None:
+        raise ValueError("--layout is needed (mvfa, meta, mvtec, visa or msd), or --labels for a folder of scans")
     import time
 
     from .evaluation import evaluate
@@ -190,12 +202,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model = load_cli_model(args)
-    results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split, classes=args.classes,
-                       batch_size=args.batch_size, overlays=args.overlays, device=args.device,
+    results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split or "test",
+                       classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,
                        num_workers=args.workers, head=head_path(args), command=args.command_line,
                        extra_timings={"model_load_s": time.perf_counter() - started})
     logger.info("results:\n%s", markdown_table(results))
     return 0
+
+
+def _evaluate_volumes(args: argparse.Namespace) -> int:
+    from .datasets.volume_pairs import decathlon_pairs, folder_pairs
+    from .runtime import resolve_device
+    from .scan_run import RunSettings
+    from .volume_evaluation import evaluate_volumes
+
+    if args.labels:
+        pairs = folder_pairs(args.data, args.labels)
+    else:
+        pairs = decathlon_pairs(args.data, args.split or "training")
+    model = load_cli_model(args).to(resolve_device(args.device))
+    settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
+                           batch_size=args.batch_size, threshold=args.threshold, overwrite=True)
+    results = evaluate_volumes(model, pairs, Path(args.out), settings, data=str(args.data), head=head_path(args),
+                               command=args.command_line)
+    pooled = results["pooled"]
+    print(f"{results['counts']['evaluated']} scans evaluated, {results['counts']['failed']} failed; pooled voxel AP "
+          f"{100 * pooled['voxel_ap']:.1f}, slice AUROC {100 * pooled['slice_auroc']:.1f}, Dice "
+          f"{100 * pooled['dice']:.1f}; results in {args.out}")
+    return 1 if results["counts"]["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,12 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="per-class image and pixel metrics on a labelled 2D data set (zero-shot)",
-        description="Run the model over a labelled data set and write results.json, results.md (per-class table "
-        "in percent with a Mean row), scores.csv, ROC/PR curve PNGs and overlay PNGs into --out. Maps are "
-        "scored at the model's input resolution against masks resized to it.",
+        help="zero-shot metrics on a labelled 2D data set, or on volumes against label volumes",
+        description="2D (--layout mvfa|meta|mvtec|visa): run the model over a labelled data set and write "
+        "results.json, results.md (per-class table in percent with a Mean row), scores.csv, ROC/PR curve PNGs and "
+        "overlay PNGs into --out; maps are scored at the model's input resolution against masks resized to it. "
+        "Volumes (--layout msd, or --data SCANS --labels LABELS): run every scan exactly as infer does (outputs in "
+        "--out/maps) and score it against its label volume: voxel AUROC/AP (whole volume and body), 3D AUPRO, slice "
+        "AUROC/AP, Dice/IoU at the threshold and best Dice, per scan and pooled; results.json, results.md, "
+        "scans.csv and curves/*.png.",
     )
-    _add_data_arguments(evaluate, "mvfa, meta, mvtec or visa")
+    _add_data_arguments(evaluate, "2D: mvfa, meta, mvtec or visa; volumes: msd (Medical Segmentation Decathlon "
+                        "folder with dataset.json); not needed with --labels", layout_required=False,
+                        split_default=None)
+    evaluate.add_argument("--labels", default=None,
+                          help="volumes: folder of label volumes matched by name with the scans under --data "
+                          "(<name>, <name>_label, _seg or _mask)")
+    evaluate.add_argument("--window", default="auto", help="volumes: intensity window, as for infer")
+    evaluate.add_argument("--planes", default="axial", help="volumes: planes, as for infer")
+    evaluate.add_argument("--threshold", type=float, default=None,
+                          help="volumes: mask threshold for Dice and IoU (default: the head's)")
     evaluate.add_argument("--classes", nargs="+", default=None, help="classes to evaluate (default: all)")
     evaluate.add_argument("--out", required=True, help="output folder")
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -269,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "head.safetensors (with a pixel threshold calibrated by F1-max on the training set) into --out. "
         "Multi-GPU: torchrun --nproc_per_node N -m visualad_med.cli train ...",
     )
-    _add_data_arguments(train, "mvtec, visa or meta")
+    _add_data_arguments(train, "mvtec, visa or meta", several=True)
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--backbone", default="dinov2-s14", help=f"preset ({', '.join(PRESETS)}) or timm ViT name")
     train.add_argument("--backbone-weights", default=None, help="local backbone weights; 'random' for smoke tests")
@@ -303,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--map-reference", default="none", choices=["none", "body"],
                        help="reference of the head's map, recorded in the head and used for its threshold (the "
                        "losses use the method's raw map either way); see 'visualad-med predict --help'")
+    train.add_argument("--balance-classes", action=argparse.BooleanOptionalAction, default=None,
+                       help="draw every class equally often (with replacement); default: on when the data hold "
+                       "more than one class")
     train.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.set_defaults(run=_train)
@@ -314,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compute the pixel F1-max threshold of its map on an industrial data set with masks, and write the head "
         "with that threshold to --out. Keep medical data out of it: zero-shot means the head never sees them.",
     )
-    _add_data_arguments(calibrate, "mvtec, visa or meta (industrial data with pixel masks)")
+    _add_data_arguments(calibrate, "mvtec, visa or meta (industrial data with pixel masks)", several=True)
     calibrate.add_argument("--out", required=True, help="output head (.safetensors)")
     calibrate.add_argument("--selfsim-weight", type=float, default=None, help="weight of self-similarity in combined")
     calibrate.add_argument("--batch-size", type=int, default=8)

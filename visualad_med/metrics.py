@@ -49,6 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+TWENTY_SIX_CONNECTED = np.ones((3, 3, 3), dtype=bool)
+"""Structure of 3D regions: voxels touching by a face, an edge or a corner are one region."""
 _SIGN_BIT = np.uint32(0x80000000)
 _LOW_WORD = np.uint64(0xFFFFFFFF)
 
@@ -495,16 +497,42 @@ class PixelMetricAccumulator:
         self._normal.append(keys[~masks])
         for image_keys, mask in zip(keys, masks):
             if mask.any():
-                self._add_regions(image_keys, mask)
+                self._add_regions(image_keys, mask, _EIGHT_CONNECTED)
 
-    def _add_regions(self, keys: np.ndarray, mask: np.ndarray) -> None:
-        """Store the anomalous pixels of one image with their region sizes.
+    def update_volume(self, volume_map: np.ndarray, volume_mask: np.ndarray) -> None:
+        """Add one 3D map whose regions are the 26-connected components of its 3D mask.
+
+        The volume counterpart of :meth:`update`: a lesion seen on several slices is one region.
 
         Args:
-            keys: (H, W) uint32 score keys.
-            mask: (H, W) bool ground truth with at least one True pixel.
+            volume_map: (X, Y, Z) anomaly scores.
+            volume_mask: (X, Y, Z) ground truth, True (or 1) for anomalous voxels.
+
+        Raises:
+            ValueError: If the shapes differ or are not 3-D, the mask is not binary, or a score
+                is not finite as float32.
         """
-        labelled, n_regions = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        volume_map = np.asarray(volume_map)
+        mask = _as_bool(volume_mask, "volume_mask")
+        if volume_map.ndim != 3 or mask.shape != volume_map.shape:
+            raise ValueError(f"volume_map and volume_mask must be 3-D of one shape, got {volume_map.shape} "
+                             f"and {mask.shape}")
+        scores = volume_map.astype(np.float32, copy=False)
+        _check_finite(scores, "volume_map (as float32)")
+        keys = _sortable_keys(scores)
+        self._normal.append(keys[~mask])
+        if mask.any():
+            self._add_regions(keys, mask, TWENTY_SIX_CONNECTED)
+
+    def _add_regions(self, keys: np.ndarray, mask: np.ndarray, structure: np.ndarray) -> None:
+        """Store the anomalous pixels of one image (or volume) with their region sizes.
+
+        Args:
+            keys: (H, W) or (X, Y, Z) uint32 score keys.
+            mask: bool ground truth of the same shape with at least one True pixel.
+            structure: connectivity of a region (``scipy.ndimage.label``).
+        """
+        labelled, n_regions = ndimage.label(mask, structure=structure)
         region = labelled[mask]
         sizes = np.bincount(region, minlength=n_regions + 1).astype(np.uint64)
         self._anomalous.append((keys[mask].astype(np.uint64) << np.uint64(32)) | sizes[region])

@@ -50,3 +50,19 @@ def reference_to_body(maps: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
     outside = torch.full_like(maps, float("nan"))
     medians = torch.where(body, maps, outside).flatten(1).nanmedian(dim=1).values
     return maps - medians.view(-1, 1, 1)
+
+
+def volume_body_mask(volume: torch.Tensor, intensity_range: tuple[float, float], level: float = BODY_LEVEL
+                     ) -> torch.Tensor:
+    """Body voxels of an ``(X, Y, Z)`` volume: the volume counterpart of :func:`body_mask`.
+
+    Intensities are windowed to [0, 1] with ``intensity_range`` (``(low, high)``, as the
+    slice inferer applied them); body = above ``level`` x the volume's brightest windowed
+    voxel. A body under :data:`MIN_BODY_FRACTION` of the volume makes every voxel body.
+    """
+    low, high = intensity_range
+    grey = ((volume.float() - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
+    body = grey > level * grey.max()
+    if body.float().mean() < MIN_BODY_FRACTION:
+        body[...] = True
+    return body

@@ -114,14 +114,17 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """Write ``results.json`` (NaN as null) and ``results.md`` atomically; returns their paths."""
+def write_results(results: Mapping[str, Any], out_dir: Path, markdown: str | None = None) -> list[Path]:
+    """Write ``results.json`` (NaN as null) and ``results.md`` atomically; returns their paths.
+
+    ``markdown`` is the text of ``results.md``; by default :func:`markdown_report` of ``results``.
+    """
     out_dir = Path(out_dir)
     json_path, md_path = (out_dir / name for name in RESULT_FILES)
     with atomic_path(json_path) as temporary:
         temporary.write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
     with atomic_path(md_path) as temporary:
-        temporary.write_text(markdown_report(results), encoding="utf-8")
+        temporary.write_text(markdown_report(results) if markdown is None else markdown, encoding="utf-8")
     return [json_path, md_path]
 
 

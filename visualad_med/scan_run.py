@@ -106,15 +106,28 @@ def mask_threshold(model: VisualAD, settings: RunSettings) -> float:
     return model.threshold if settings.threshold is None else settings.threshold
 
 
-def process_scan(
-    model: VisualAD,
-    source: ScanSource,
-    out_dir: Path,
-    settings: RunSettings,
-    head_sha256: str | None,
-    inferer: SliceInferer | None = None,
-) -> dict:
-    """Run one scan and write its outputs; returns its report. Raises on failure.
+@dataclass
+class ScanInference:
+    """One scan through the model, before anything is written.
+
+    Attributes:
+        volume: the loaded ``(1, X, Y, Z)`` volume (affine and meta).
+        anomaly: ``(X, Y, Z)`` float32 map.
+        mask: ``(X, Y, Z)`` uint8 mask at the run's threshold.
+        scores: the inferer's per-slice scores.
+        times: ``time.perf_counter()`` at the start, after loading and after inference.
+    """
+
+    volume: MetaTensor
+    anomaly: torch.Tensor
+    mask: torch.Tensor
+    scores: SliceScores
+    times: tuple[float, float, float]
+
+
+def infer_scan(model: VisualAD, source: ScanSource, settings: RunSettings,
+               inferer: SliceInferer | None = None) -> ScanInference:
+    """Load one scan and run the model over its slices; raises on failure.
 
     ``inferer`` defaults to :func:`make_inferer` of ``settings``.
     """
@@ -125,8 +138,21 @@ def process_scan(
     anomaly = inferer(volume, model)[0]
     inferred = time.perf_counter()
     mask = (anomaly > mask_threshold(model, settings)).to(torch.uint8)
-    return write_scan_outputs(model, source, volume, anomaly, mask, inferer.last_scores, out_dir, settings,
-                              head_sha256, (started, loaded, inferred))
+    return ScanInference(volume, anomaly, mask, inferer.last_scores, (started, loaded, inferred))
+
+
+def process_scan(
+    model: VisualAD,
+    source: ScanSource,
+    out_dir: Path,
+    settings: RunSettings,
+    head_sha256: str | None,
+    inferer: SliceInferer | None = None,
+) -> dict:
+    """Run one scan and write its outputs; returns its report. Raises on failure."""
+    done = infer_scan(model, source, settings, inferer)
+    return write_scan_outputs(model, source, done.volume, done.anomaly, done.mask, done.scores, out_dir, settings,
+                              head_sha256, done.times)
 
 
 def _write_series_seg(source: ScanSource, mask: np.ndarray, path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from .atomic import atomic_path
@@ -106,10 +106,21 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _loader(dataset: Dataset, config: TrainConfig, epoch: int, world: int, rank: int) -> DataLoader:
-    """Data order of ``epoch`` depends on ``(seed, epoch)`` only, so a resumed run sees the same batches."""
+def _loader(dataset: Dataset, config: TrainConfig, epoch: int, world: int, rank: int,
+            sample_weights: torch.Tensor | None = None) -> DataLoader:
+    """Data order of ``epoch`` depends on ``(seed, epoch)`` only, so a resumed run sees the same batches.
+
+    With ``sample_weights`` (``(len(dataset),)``), each process draws ``len(dataset) / world``
+    items with replacement in proportion to them (class balancing) instead of shuffling.
+    """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
+    if sample_weights is not None:
+        generator = torch.Generator().manual_seed((config.seed * 1000 + epoch) * 64 + rank)
+        sampler = WeightedRandomSampler(sample_weights, max(1, len(dataset) // world), replacement=True,
+                                        generator=generator)
+        return DataLoader(dataset, config.batch_size, sampler=sampler, num_workers=config.workers,
+                          collate_fn=collate_skip_invalid)
     if world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
         sampler.set_epoch(epoch)
@@ -164,6 +175,7 @@ def train(
     calibration_set: Dataset | None = None,
     resume: bool = False,
     provenance: dict | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> Path:
     """Train the head and write checkpoints into ``out_dir``.
 
@@ -177,6 +189,8 @@ def train(
         calibration_set: images for the F1-max threshold; ``dataset`` when None.
         resume: continue from ``out_dir/train_state.pt``.
         provenance: recorded in the head's config (data, layout, command).
+        sample_weights: ``(len(dataset),)`` sampling weights (e.g.
+            :func:`~visualad_med.datasets.class_balanced_weights`); ``None`` shuffles uniformly.
 
     Returns:
         Path of the final head.
@@ -193,7 +207,7 @@ def train(
     for epoch in range(start, config.epochs):
         _set_epoch_rates(optimizer, config, epoch)
         torch.manual_seed(config.seed * 1000 + epoch + rank)
-        loader = _loader(dataset, config, epoch, world, rank)
+        loader = _loader(dataset, config, epoch, world, rank, sample_weights)
         total = min(len(loader), config.max_steps or len(loader))
         sums, seen, epoch_start = {}, 0, time.perf_counter()
         bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=rank != 0)
