@@ -9,6 +9,8 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from visualad_med.model import VisualAD
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -34,3 +36,14 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent (it holds the real data and fixtures)")
     return SHARED
+
+
+@pytest.fixture
+def brightness_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every model's map the windowed brightness of its input (channel 0, normalisation undone)."""
+
+    def forward(self: VisualAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = images[:, 0] * self.config.std[0] + self.config.mean[0]
+        return {"map": maps, "score": maps.flatten(1).amax(1)}
+
+    monkeypatch.setattr(VisualAD, "forward", forward)

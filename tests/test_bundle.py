@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from bad_inputs import write_dicom_series
 from builders import make_mvfa, make_mvtec
+from test_volume_evaluation import make_decathlon
 from conftest import SHARED
 from visualad_med.bundle import BundleConfigError, example_scan, scan_datalist
 from visualad_med.cli import main
@@ -130,6 +131,38 @@ def test_train_then_evaluate(work: Path):
     assert results["model"]["head_sha256"] == file_sha256(head)
     assert "monai.bundle" in " ".join(results["command"])
     assert {"results.md", "scores.csv"} <= {p.name for p in (work / "eval").iterdir()}
+
+
+def test_evaluate_takes_a_decathlon_folder_and_matches_the_cli(work: Path):
+    make_decathlon(work / "msd", cases=2)
+    tiny = ["--backbone_weights", str(work / "tiny_vit.safetensors"), "--head", str(work / "head.safetensors"),
+            "--device", "cpu", "--threshold", "0.01"]
+    bundle("run", "--config_file", EVALUATE, "--layout", "msd", "--dataset_dir", "msd", "--output_dir", "veval",
+           *tiny, cwd=work)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess, so that the maps match bit for bit
+    try:
+        assert main(["evaluate", "--layout", "msd", "--data", str(work / "msd"), "--out", str(work / "veval_cli"),
+                     "--backbone-weights", str(work / "tiny_vit.safetensors"), "--head", str(work / "head.safetensors"),
+                     "--device", "cpu", "--threshold", "0.01"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ours, theirs = (json.loads((work / name / "results.json").read_text()) for name in ("veval", "veval_cli"))
+    assert ours["counts"] == {"listed": 2, "evaluated": 2, "failed": 0}
+    assert ours["pooled"] == theirs["pooled"] and ours["scans"] == theirs["scans"]
+    assert "monai.bundle" in " ".join(ours["command"])
+
+
+def test_train_reads_several_roots(work: Path):
+    make_mvtec(work / "roots" / "a")
+    make_mvtec(work / "roots" / "b", class_name="gadget")
+    roots = f"['{work / 'roots' / 'a'}', '{work / 'roots' / 'b'}']"
+    bundle("run", "--config_file", TRAIN, "--dataset_dir", roots, "--output_dir", "train_roots", "--backbone",
+           BACKBONE, "--backbone_weights", str(work / "tiny_vit.safetensors"), "--device", "cpu", "--image_size",
+           str(SIZE), "--epochs", "1", "--max_steps", "1", "--batch_size", "2", cwd=work)
+    training = json.loads((work / "train_roots" / "head.json").read_text())["training"]
+    assert training["data"] == [str(work / "roots" / "a"), str(work / "roots" / "b")]
+    assert training["classes"] == ["widget", "gadget"] and training["balance_classes"] is True
 
 
 def test_metadata_verifies_offline(caplog: pytest.LogCaptureFixture):

@@ -96,17 +96,6 @@ def scan_files(name: str, dicom: bool) -> set[str]:
     return {name + suffix for suffix in suffixes}
 
 
-@pytest.fixture
-def brightness_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every model's map the windowed brightness of its input (channel 0, normalisation undone)."""
-
-    def forward(self: VisualAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        maps = images[:, 0] * self.config.std[0] + self.config.mean[0]
-        return {"map": maps, "score": maps.flatten(1).amax(1)}
-
-    monkeypatch.setattr(VisualAD, "forward", forward)
-
-
 def check_volumes(scan: ScanSource, out: Path, reference: sitk.Image, threshold: float) -> np.ndarray:
     """Map, mask and seg.nrrd of ``scan``: our affine, SimpleITK's geometry of the input, consistent voxels.
 

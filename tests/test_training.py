@@ -166,3 +166,34 @@ def test_cli_calibrate_rewrites_scoring_and_threshold(tmp_path):
     assert after.threshold != before.threshold
     assert after.config.training["calibration"]["scoring"] == "combined"
     assert after.config.training["calibration"]["map_reference"] == "body"
+
+
+def test_cli_trains_on_several_roots_with_classes_balanced(tmp_path):
+    first = make_mvtec(tmp_path / "first")
+    second = make_mvtec(make_mvtec(tmp_path / "second"), class_name="gadget")  # "widget" again, and "gadget"
+    for index in range(2, 12):  # gadget is 6x the size of each widget class
+        write_defect(second / f"gadget/test/scratch/{index:03d}.png",
+                     second / f"gadget/ground_truth/scratch/{index:03d}_mask.png")
+    code = main(["train", "--data", str(first), "--data", str(second), "--layout", "mvtec", "--out",
+                 str(tmp_path / "run"), "--epochs", "1", *TINY_CLI])
+    assert code == 0
+    training_record = json.loads((tmp_path / "run/head.json").read_text())["training"]
+    assert training_record["data"] == [str(first), str(second)]
+    assert training_record["classes"] == ["first/widget", "gadget", "second/widget"]
+    assert training_record["balance_classes"] is True
+
+
+def test_class_balanced_weights_draw_every_class_equally_often(tmp_path):
+    from visualad_med.datasets import build_dataset, class_balanced_weights
+
+    first, second = make_mvtec(tmp_path / "first"), make_mvtec(tmp_path / "second", class_name="gadget")
+    for index in range(2, 20):
+        write_defect(second / f"gadget/test/scratch/{index:03d}.png",
+                     second / f"gadget/ground_truth/scratch/{index:03d}_mask.png")
+    dataset = build_dataset("mvtec", [first, second], 32, (0.5,) * 3, (0.5,) * 3)
+    classes = [record.class_name for record in dataset.records]
+    assert classes.count("gadget") == 22 and classes.count("widget") == 4
+    draws = torch.multinomial(class_balanced_weights(dataset), 20000, replacement=True,
+                              generator=torch.Generator().manual_seed(0))
+    share = np.mean([classes[i] == "gadget" for i in draws.tolist()])
+    assert abs(share - 0.5) < 0.02

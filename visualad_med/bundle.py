@@ -401,8 +401,12 @@ class ScanFolderEvaluator:
         return succeeded, failed
 
 
-def require_dir(path: str | Path | None, key: str = "dataset_dir") -> Path:
-    """``path`` as an existing folder, else :class:`BundleConfigError` naming ``key``."""
+def require_dir(path: str | Path | Sequence[str | Path] | None, key: str = "dataset_dir") -> Path | list[Path]:
+    """``path`` as an existing folder (or each of a list of folders), else :class:`BundleConfigError` naming ``key``."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise BundleConfigError(key, f"empty list; set --{key}")
+        return [require_dir(each, key) for each in path]
     if not path:
         raise BundleConfigError(key, f"not set; set --{key}")
     if not Path(path).is_dir():
@@ -411,13 +415,22 @@ def require_dir(path: str | Path | None, key: str = "dataset_dir") -> Path:
     return Path(path)
 
 
+def as_roots(dataset_dir: str | Sequence[str]) -> list[str]:
+    """The training data roots of ``dataset_dir`` (one folder or a list), as recorded in the head."""
+    return [str(root) for root in dataset_dir] if isinstance(dataset_dir, (list, tuple)) else [str(dataset_dir)]
+
+
+VOLUME_LAYOUT = "msd"
+"""The bundle's layout name for a Medical Segmentation Decathlon folder (volumes with label volumes)."""
+
+
 def require_layout(layout: str) -> str:
-    """``layout`` if it is a known data set layout, else :class:`BundleConfigError` naming ``layout``."""
+    """``layout`` if it is a known data set layout (2D ones and ``msd``), else :class:`BundleConfigError`."""
     from .datasets import LAYOUTS
 
-    if layout not in LAYOUTS:
+    if layout not in (*LAYOUTS, VOLUME_LAYOUT):
         raise BundleConfigError("layout", f"unknown data set layout {layout!r}; set --layout to one of "
-                                f"{', '.join(LAYOUTS)}")
+                                f"{', '.join((*LAYOUTS, VOLUME_LAYOUT))}")
     return layout
 
 
@@ -484,16 +497,25 @@ def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synt
 
 
 def run_training(network: VisualAD, dataset, output_dir, config, device, calibration_set=None, resume: bool = False,
-                 provenance: dict | None = None) -> Path:
-    """:func:`visualad_med.training.train` with the bundle's command recorded; returns the final head's path."""
+                 provenance: dict | None = None, balance_classes: bool | None = None) -> Path:
+    """:func:`visualad_med.training.train` with the bundle's command recorded; returns the final head's path.
+
+    ``balance_classes`` draws every class of ``calibration_set`` (the industrial set) equally often;
+    ``None``: when it holds more than one class.
+    """
+    from .datasets import class_balanced_weights
     from .training import train
 
     if not output_dir:
         raise BundleConfigError("output_dir", "not set; set --output_dir")
+    base = calibration_set if calibration_set is not None else dataset
+    balance = len(base.classes) > 1 if balance_classes is None else bool(balance_classes)
     try:
         return train(network, dataset, Path(output_dir), config, resolve_device(device),
                      calibration_set=calibration_set, resume=resume,
-                     provenance={**(provenance or {}), "command": command_line()})
+                     provenance={**(provenance or {}), "classes": base.classes, "balance_classes": balance,
+                                 "command": command_line()},
+                     sample_weights=class_balanced_weights(base) if balance else None)
     except FileNotFoundError as error:
         if resume:
             raise BundleConfigError("resume", f"{error}") from None
@@ -502,17 +524,23 @@ def run_training(network: VisualAD, dataset, output_dir, config, device, calibra
 
 def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, split: str = "test",
                    classes: Sequence[str] | None = None, batch_size: int = 8, overlays: int = 8,
-                   device: str | torch.device = "auto", workers: int = 0) -> dict:
-    """:func:`visualad_med.evaluation.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA)."""
+                   device: str | torch.device = "auto", workers: int = 0, labels_dir: str | None = None,
+                   window: str | Sequence[float] = "auto", planes: str | Sequence[str] = "axial",
+                   threshold: float | None = None) -> dict:
+    """:func:`visualad_med.evaluation.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA), or, for
+    ``layout`` ``msd`` or a ``labels_dir``, :func:`visualad_med.volume_evaluation.evaluate_volumes`."""
     from .evaluation import evaluate
     from .report import markdown_table
 
+    if not output_dir:
+        raise BundleConfigError("output_dir", "not set; set --output_dir")
+    if labels_dir or layout == VOLUME_LAYOUT:
+        return _run_volume_evaluation(network, dataset_dir, labels_dir, output_dir, split, batch_size, window,
+                                      planes, threshold)
     model = unwrap(network)
     if isinstance(classes, str):
         classes = [classes]
     _dataset(model, dataset_dir, layout, split, classes, missing_mask="skip")  # checks the folder, names the key
-    if not output_dir:
-        raise BundleConfigError("output_dir", "not set; set --output_dir")
     started = time.perf_counter()
     try:
         results = evaluate(model, Path(dataset_dir), layout, Path(output_dir), split=split, classes=classes,
@@ -525,3 +553,26 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
     logger.info("results (%.1f s):\n%s", time.perf_counter() - started, markdown_table(results))
     return results
 
+
+def _run_volume_evaluation(network: nn.Module, dataset_dir, labels_dir, output_dir, split: str, batch_size: int,
+                           window, planes, threshold: float | None) -> dict:
+    """Volumes against label volumes: a Decathlon folder, or ``dataset_dir`` scans matched with ``labels_dir``."""
+    from .datasets.volume_pairs import decathlon_pairs, folder_pairs
+    from .volume_evaluation import evaluate_volumes
+
+    require_dir(dataset_dir)
+    try:
+        if labels_dir:
+            pairs = folder_pairs(dataset_dir, require_dir(labels_dir, "labels_dir"))
+        else:
+            pairs = decathlon_pairs(dataset_dir, "training" if split == "test" else split)
+        settings = RunSettings(planes=as_planes(planes), window=as_window(window), batch_size=batch_size,
+                               threshold=threshold, overwrite=True)
+    except ValueError as error:
+        raise BundleConfigError("dataset_dir", f"{error}; set --dataset_dir (and --labels_dir, --split)") from None
+    results = evaluate_volumes(unwrap(network), pairs, Path(output_dir), settings, data=str(dataset_dir),
+                               head=getattr(network, "head_path", None), command=command_line().split(" "))
+    if results["counts"]["failed"]:
+        raise BundleRunError(f"{results['counts']['failed']} of {results['counts']['listed']} scans failed "
+                             f"(reasons above and in {Path(output_dir) / 'results.json'})")
+    return results

@@ -1,0 +1,129 @@
+"""The zero-shot dev suite: every dev set of ``../shared/data`` through the public commands, one table.
+
+Each variant is a set of model options for ``visualad-med evaluate`` (a head, a scoring,
+a map reference, a size). It is run on
+
+* ``lgg_mvfa`` (2D brain MRI): image AUROC, image AP, pixel AUROC, AUPRO (Mean row);
+* ``polyp_skin_mvfa`` (2D, abnormal only): pixel AUROC (Mean row over Kvasir, ColonDB, ISIC);
+* ``lgg_volumes_msd`` (15 FLAIR volumes, ``--layout msd``): pooled voxel AP, slice AUROC, Dice at
+  the head's threshold;
+
+A set's score is the mean of its headline numbers, the suite mean the mean of the three set
+scores, so each set weighs the same. Variants named ``NAME@SEED`` are seeds of one recipe:
+their rows are printed, then a ``NAME`` row with mean and sd over the seeds.
+
+Decision rule (model card): a variant replaces the default only if it raises the suite mean
+over at least 3 training seeds and lowers no set's score by more than that set's sd over seeds.
+
+    python benchmarks/zero_shot_suite.py                       # untrained, selfsim, shipped head
+    python benchmarks/zero_shot_suite.py --variant "c4@111=--head runs/c4_s111/head.safetensors" ...
+
+Results are cached per variant and set under ``--out`` (rerun with ``--fresh`` to recompute)
+and gathered into ``--out/suite.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SHIPPED = ROOT / "bundles" / "visualad_zsad" / "models" / "visualad_head.safetensors"
+DEFAULT_VARIANTS = (
+    "untrained=--head untrained --backbone dinov2-s14-224 --map-reference body",
+    f"selfsim=--head {SHIPPED} --scoring selfsim",
+    f"shipped=--head {SHIPPED}",
+)
+SETS = {
+    "lgg_mvfa": (["--layout", "mvfa", "--overlays", "0"],
+                 [("mean", "image_auroc"), ("mean", "image_ap"), ("mean", "pixel_auroc"), ("mean", "pixel_aupro")]),
+    "polyp_skin_mvfa": (["--layout", "mvfa", "--overlays", "0"], [("mean", "pixel_auroc")]),
+    "lgg_volumes_msd": (["--layout", "msd"], [("pooled", "voxel_ap"), ("pooled", "slice_auroc"), ("pooled", "dice")]),
+}
+COLUMNS = [f"{name}:{key}" for name, (_, keys) in SETS.items() for _, key in keys]
+
+
+def run_set(name: str, options: list[str], data: Path, out: Path, fresh: bool) -> dict:
+    """``visualad-med evaluate`` of one variant on one set (cached); returns its results.json."""
+    results = out / "results.json"
+    if fresh or not results.is_file():
+        command = [sys.executable, "-m", "visualad_med.cli", "evaluate", "--data", str(data), "--out", str(out),
+                   *SETS[name][0], *options]
+        print("$", shlex.join(command), file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if finished.returncode not in (0, 1) or not results.is_file():
+            raise RuntimeError(f"{name}: evaluate failed ({finished.returncode}):\n{finished.stderr[-2000:]}")
+        print(f"  {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(results.read_text())
+
+
+def headline(name: str, results: dict) -> dict[str, float]:
+    """The set's headline numbers (fractions), by column name."""
+    values = {}
+    for row, key in SETS[name][1]:
+        value = results[row]["metrics"][key] if row == "mean" else results[row][key]
+        values[f"{name}:{key}"] = math.nan if value is None else float(value)
+    return values
+
+
+def scores(values: dict[str, float]) -> dict[str, float]:
+    """Per-set score (mean of its headline numbers) and the suite mean."""
+    sets = {name: statistics.fmean(values[f"{name}:{key}"] for _, key in keys) for name, (_, keys) in SETS.items()}
+    return {**{f"{name}:score": value for name, value in sets.items()}, "suite_mean": statistics.fmean(sets.values())}
+
+
+def evaluate_variant(spec: str, args: argparse.Namespace) -> tuple[str, dict[str, float]]:
+    name, _, options = spec.partition("=")
+    values: dict[str, float] = {}
+    for set_name in SETS:
+        results = run_set(set_name, shlex.split(options), args.data / set_name, args.out / name / set_name,
+                          args.fresh)
+        values.update(headline(set_name, results))
+    return name, {**values, **scores(values)}
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
+    """Markdown table in percent; seed groups get a mean +- sd row."""
+    keys = [*COLUMNS, *(f"{name}:score" for name in SETS), "suite_mean"]
+    print("| variant | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    groups: dict[str, list[str]] = {}
+    for name in rows:
+        groups.setdefault(name.split("@")[0], []).append(name)
+    for group, members in groups.items():
+        for name in members:
+            print(f"| {name} | " + " | ".join(f"{100 * rows[name][k]:.1f}" for k in keys) + " |")
+        if len(members) > 1:
+            cells = []
+            for key in keys:
+                values = [100 * rows[name][key] for name in members]
+                cells.append(f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}")
+            print(f"| **{group}** (n={len(members)}) | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", help="NAME=EVALUATE OPTIONS (repeatable); NAME@SEED groups")
+    parser.add_argument("--data", type=Path, default=SHARED, help="folder holding the dev sets")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "suite", help="cache of every run")
+    parser.add_argument("--fresh", action="store_true", help="recompute cached runs")
+    args = parser.parse_args()
+    rows = dict(evaluate_variant(spec, args) for spec in args.variant or DEFAULT_VARIANTS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    gathered = args.out / "suite.json"
+    previous = json.loads(gathered.read_text()) if gathered.is_file() else {}
+    gathered.write_text(json.dumps({**previous, **rows}, indent=2) + "\n")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
