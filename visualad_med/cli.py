@@ -12,6 +12,7 @@ from .backbone import PRESETS
 logger = logging.getLogger("visualad_med")
 
 UNTRAINED = "untrained"
+COHORT_SCORINGS = ("mutual", "visualad+mutual")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +39,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--scoring",
         default=None,
-        choices=["visualad", "selfsim", "combined"],
+        choices=["visualad", "selfsim", "combined", "mutual", "visualad+mutual"],
         help="how the map is made: the trained head (visualad), training-free patch self-similarity (selfsim), "
-        "or their sum (combined); default: the head's own setting",
+        "or their sum (combined); cohort scorings (evaluate and infer): each image against the other images of "
+        "the run (mutual, training-free) or that fused with the head's map on one robust scale "
+        "(visualad+mutual); default: the head's own setting",
     )
+    group.add_argument("--cohort-fraction", type=float, default=None,
+                       help="mutual: share of the closest other images whose distances are averaged (default 0.3)")
+    group.add_argument("--cohort-neighbours", type=int, default=None,
+                       help="mutual, 2D: other images compared with each image, the most similar ones (default 32)")
+    group.add_argument("--cohort-window", type=float, default=None,
+                       help="mutual, volumes: largest difference of normalised slice position between a slice and "
+                       "the slices of other scans it is compared with (default 0.05)")
     group.add_argument(
         "--map-reference",
         default=None,
@@ -77,6 +87,22 @@ def head_path(args: argparse.Namespace) -> Path | None:
     return Path(args.head)
 
 
+def cohort_settings(args: argparse.Namespace):
+    """The :class:`~visualad_med.cohort.CohortSettings` of ``--scoring mutual|visualad+mutual``, else ``None``."""
+    from .cohort import CohortSettings
+
+    if args.scoring not in COHORT_SCORINGS:
+        return None
+    options = {"fraction": args.cohort_fraction, "neighbours": args.cohort_neighbours, "window": args.cohort_window}
+    return CohortSettings(args.scoring, **{key: value for key, value in options.items() if value is not None})
+
+
+def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
+    if args.scoring in COHORT_SCORINGS:
+        raise ValueError(f"--scoring {args.scoring} scores images against each other and needs a cohort: use it "
+                         f"with evaluate or infer, not {command}")
+
+
 def load_cli_model(args: argparse.Namespace):
     """The model named by ``--head``, ``--backbone``, ``--backbone-weights`` and ``--image-size``."""
     from .model import build_model, load_model
@@ -87,7 +113,7 @@ def load_cli_model(args: argparse.Namespace):
                             image_size=args.image_size)
     else:
         model = load_model(head, backbone=args.backbone, backbone_weights=args.backbone_weights)
-    if args.scoring:
+    if args.scoring and args.scoring not in COHORT_SCORINGS:
         model.set_scoring(args.scoring)
     if args.map_reference:
         model.set_map_reference(args.map_reference)
@@ -103,7 +129,7 @@ def _infer(args: argparse.Namespace) -> int:
     settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
                            batch_size=args.batch_size, threshold=args.threshold, overwrite=args.overwrite)
     succeeded, failed = run_folder(model, Path(args.input), Path(args.output), settings, head_path=head_path(args),
-                                   allow_inside_input=args.output_inside_input)
+                                   allow_inside_input=args.output_inside_input, cohort=cohort_settings(args))
     print(f"{succeeded} scans succeeded, {failed} failed")
     return 1 if failed else 0
 
@@ -120,6 +146,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict2d import predict_files
     from .runtime import resolve_device
 
+    _refuse_cohort(args, "predict")
     model = load_cli_model(args)
     succeeded, failed = predict_files(model, [Path(p) for p in args.images], Path(args.out), resolve_device(args.device))
     logger.info("%d images succeeded, %d failed; results in %s", succeeded, failed, args.out)
@@ -165,6 +192,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .datasets import build_dataset
     from .runtime import resolve_device
 
+    _refuse_cohort(args, "calibrate")
     device = resolve_device(args.device)
     model = load_cli_model(args).to(device)
     if args.selfsim_weight is not None:
@@ -205,7 +233,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split or "test",
                        classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,
                        num_workers=args.workers, head=head_path(args), command=args.command_line,
-                       extra_timings={"model_load_s": time.perf_counter() - started})
+                       extra_timings={"model_load_s": time.perf_counter() - started}, cohort=cohort_settings(args))
     logger.info("results:\n%s", markdown_table(results))
     return 0
 
@@ -224,7 +252,7 @@ def _evaluate_volumes(args: argparse.Namespace) -> int:
     settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
                            batch_size=args.batch_size, threshold=args.threshold, overwrite=True)
     results = evaluate_volumes(model, pairs, Path(args.out), settings, data=str(args.data), head=head_path(args),
-                               command=args.command_line)
+                               command=args.command_line, cohort=cohort_settings(args))
     pooled = results["pooled"]
     print(f"{results['counts']['evaluated']} scans evaluated, {results['counts']['failed']} failed; pooled voxel AP "
           f"{100 * pooled['voxel_ap']:.1f}, slice AUROC {100 * pooled['slice_auroc']:.1f}, Dice "

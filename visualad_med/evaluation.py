@@ -33,8 +33,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .datasets import AnomalyDataset, build_dataset, collate_skip_invalid
+from .cohort import CohortSettings, fuse_patch_scores, head_patch_scores, patch_maps
 from .metrics import CurvePoints, PixelMetricAccumulator, curve_points, image_metrics
-from .model import VisualAD
+from .model import VisualAD, top_fraction_mean
+from .mutual import cohort_scores, nearest_candidates, stack_features
 from .report import IMAGE_METRICS, PIXEL_METRICS, RESULT_FILES, OverlaySample, plot_curves, safe_name
 from .report import write_overlays, write_results, write_scores
 from .runtime import autocast, file_sha256, resolve_device
@@ -193,6 +195,53 @@ def _run(
     return tallies
 
 
+def _run_cohort(
+    model: VisualAD,
+    dataset: AnomalyDataset,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    overlay_paths: set[str],
+    cohort: CohortSettings,
+) -> dict[str, _ClassTally]:
+    """Cohort scoring: the model over the whole set first, then each class's images scored against each other.
+
+    Holds the evaluated set (images, head maps and patch features in half precision) in memory.
+    """
+    tallies = {name: _ClassTally() for name in dataset.classes}
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_invalid
+    )
+    layers = cohort.feature_layers(model)
+    batches, head_scores, features = [], [], []
+    model.to(device).eval()
+    for batch in tqdm(loader, desc="features", unit="batch"):
+        if batch is None:
+            continue
+        with torch.inference_mode(), autocast(device):
+            outputs = model(batch["image"].to(device), feature_layers=layers)
+        batches.append(batch)
+        head_scores.append(head_patch_scores(outputs).cpu())
+        features.append(stack_features(outputs["features"]).cpu())
+    if not batches:
+        return tallies
+    head, stacked = torch.cat(head_scores), torch.cat(features)
+    classes = np.array([name for b in batches for name in b["class_name"]])
+    fused = torch.empty_like(head)
+    for class_name in dataset.classes:
+        rows = torch.from_numpy(np.flatnonzero(classes == class_name))
+        if rows.numel():
+            mutual = cohort_scores(stacked[rows], nearest_candidates(stacked[rows], cohort.neighbours), cohort.fraction)
+            fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], mutual)
+    start = 0
+    for batch in batches:
+        count = len(batch["path"])
+        maps = patch_maps(model, fused[start:start + count], batch["image"])
+        _feed(tallies, batch, maps.numpy(), top_fraction_mean(maps).numpy(), overlay_paths, dataset)
+        start += count
+    return tallies
+
+
 def _image_undefined(labels: np.ndarray) -> str | None:
     """Why image metrics are undefined for these labels, or None when they are defined."""
     if labels.size == 0:
@@ -321,6 +370,7 @@ def evaluate(
     head: str | Path | None = None,
     command: Sequence[str] | None = None,
     extra_timings: Mapping[str, float] | None = None,
+    cohort: CohortSettings | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model zero-shot on a labelled 2D data set and write the results.
 
@@ -351,6 +401,8 @@ def evaluate(
             None records ``untrained`` for a fresh head.
         command: the command line, recorded in ``results.json``.
         extra_timings: further timings in seconds (e.g. ``model_load_s``) to record.
+        cohort: score each class's images against each other (:mod:`visualad_med.cohort`); ``None``
+            scores each image alone with the model.
 
     Returns:
         The results as written to ``results.json`` (with NaN where the file has null).
@@ -377,7 +429,11 @@ def evaluate(
         )
     loaded = time.perf_counter()
 
-    tallies = _run(model, dataset, device, batch_size, num_workers, _overlay_choice(dataset, overlays))
+    overlay_paths = _overlay_choice(dataset, overlays)
+    if cohort is None:
+        tallies = _run(model, dataset, device, batch_size, num_workers, overlay_paths)
+    else:
+        tallies = _run_cohort(model, dataset, device, batch_size, num_workers, overlay_paths, cohort)
     if not any(tally.scores for tally in tallies.values()):
         raise ValueError(f"no readable image in {dataset.name}: all {len(dataset)} files failed to load")
     inferred = time.perf_counter()
@@ -406,6 +462,7 @@ def evaluate(
                  "layout": None if given_dataset else layout, "split": None if given_dataset else split,
                  "classes": dataset.classes},
         "model": {**_head_identity(model, head), "config": dataclasses.asdict(model.config)},
+        "cohort": None if cohort is None else dataclasses.asdict(cohort),
         "command": None if command is None else list(command),
         "environment": _environment(device),
         "classes": rows,

@@ -162,14 +162,18 @@ class VisualAD(nn.Module):
             raise ValueError(f"expected a float tensor of normalised images, got {images.dtype}")
         self.backbone.grid_for(images.shape[-2], images.shape[-1])
 
-    def forward(self, images: torch.Tensor) -> dict:
-        """See the class docstring for the returned keys and shapes."""
+    def forward(self, images: torch.Tensor, feature_layers: tuple[int, ...] = ()) -> dict:
+        """See the class docstring for the returned keys and shapes.
+
+        ``feature_layers`` adds ``features`` ``{layer: (B, N, D)}``: the frozen backbone's patch
+        tokens after those blocks (for cohort and reference scoring, :mod:`visualad_med.mutual`).
+        """
         self.check_images(images)
         batch, _, height, width = images.shape
         grid = self.backbone.grid_for(height, width)
         scoring = self.config.scoring
         layers = self.selfsim_layers if scoring != "visualad" else ()
-        tapped, anomaly, normal, frozen = self.backbone(images, layers)
+        tapped, anomaly, normal, frozen = self.backbone(images, tuple(sorted({*layers, *feature_layers})))
         tokens = torch.stack([anomaly, normal], dim=1)
         prefix = self.backbone.num_prefix_tokens
         patch_scores, refined = {}, {}
@@ -188,7 +192,7 @@ class VisualAD(nn.Module):
         smoothed = self.smoothing(map_raw)
         if self.config.map_reference == "body":
             smoothed = reference_to_body(smoothed, body_mask(images, self.config.mean, self.config.std))
-        return {
+        outputs = {
             "map_raw": map_raw,
             "map": smoothed,
             "score": top_fraction_mean(smoothed),
@@ -196,6 +200,9 @@ class VisualAD(nn.Module):
             "patch_scores": patch_scores,
             "tokens": refined,
         }
+        if feature_layers:
+            outputs["features"] = {layer: frozen[layer][:, prefix:] for layer in feature_layers}
+        return outputs
 
     def preprocess(self, image) -> torch.Tensor:
         """Turn a PIL image or uint8 array (grey, RGB or RGBA) into a normalised ``(3, S, S)`` tensor."""

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from . import __version__
+from .cohort import COHORT_THRESHOLD, CohortSettings
+from .cohort_run import CohortMaps
 from .inference import SliceInferer, SliceScores, check_planes, scan_scores
 from .model import VisualAD
 from .runtime import file_sha256
@@ -126,16 +128,17 @@ class ScanInference:
 
 
 def infer_scan(model: VisualAD, source: ScanSource, settings: RunSettings,
-               inferer: SliceInferer | None = None) -> ScanInference:
+               inferer: SliceInferer | None = None, network: torch.nn.Module | None = None) -> ScanInference:
     """Load one scan and run the model over its slices; raises on failure.
 
-    ``inferer`` defaults to :func:`make_inferer` of ``settings``.
+    ``inferer`` defaults to :func:`make_inferer` of ``settings``; ``network`` (default ``model``) is
+    what the inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.cohort_run`).
     """
     started = time.perf_counter()
     volume = load_scan(source)
     loaded = time.perf_counter()
     inferer = inferer or make_inferer(model, settings)
-    anomaly = inferer(volume, model)[0]
+    anomaly = inferer(volume, network or model)[0]
     inferred = time.perf_counter()
     mask = (anomaly > mask_threshold(model, settings)).to(torch.uint8)
     return ScanInference(volume, anomaly, mask, inferer.last_scores, (started, loaded, inferred))
@@ -148,11 +151,24 @@ def process_scan(
     settings: RunSettings,
     head_sha256: str | None,
     inferer: SliceInferer | None = None,
+    cohort: CohortMaps | None = None,
 ) -> dict:
-    """Run one scan and write its outputs; returns its report. Raises on failure."""
-    done = infer_scan(model, source, settings, inferer)
+    """Run one scan and write its outputs; returns its report. Raises on failure.
+
+    With ``cohort``, the scan's maps are its fused cohort maps, and the report records the cohort.
+    """
+    network = cohort.network_for(source) if cohort is not None else None
+    done = infer_scan(model, source, settings, inferer, network)
     return write_scan_outputs(model, source, done.volume, done.anomaly, done.mask, done.scores, out_dir, settings,
-                              head_sha256, done.times)
+                              head_sha256, done.times, cohort_report(cohort, settings))
+
+
+def cohort_report(cohort: CohortMaps | None, settings: RunSettings) -> dict | None:
+    """The report keys of a cohort run (``None`` for a plain run)."""
+    if cohort is None:
+        return None
+    rule = cohort.report()["threshold_rule"]
+    return {"cohort": cohort.report(), "threshold_source": rule if settings.threshold == COHORT_THRESHOLD else "user"}
 
 
 def _write_series_seg(source: ScanSource, mask: np.ndarray, path: Path) -> None:
@@ -173,6 +189,7 @@ def write_scan_outputs(
     settings: RunSettings,
     head_sha256: str | None,
     times: tuple[float, float, float],
+    extra_report: dict | None = None,
 ) -> dict:
     """Write the outputs of one scan (report last) and return the report.
 
@@ -187,6 +204,7 @@ def write_scan_outputs(
         settings: the run's planes and threshold (recorded).
         head_sha256: sha256 of the head file, ``None`` for an untrained head.
         times: ``time.perf_counter()`` at the start, after loading and after inference.
+        extra_report: keys added to (or replacing those of) the report.
     """
     started, loaded, inferred = times
     threshold = mask_threshold(model, settings)
@@ -228,6 +246,7 @@ def write_scan_outputs(
                     "model": round(scores.model_seconds, 3), "per_slice": round((inferred - loaded) / slices, 4),
                     "slices_run": scores.slices_run},
         "outputs": {key: path.name for key, path in paths.items()},
+        **(extra_report or {}),
     }
     write_json(report, paths["report"])
     return report
@@ -278,12 +297,15 @@ def run_folder(
     settings: RunSettings,
     head_path: Path | None = None,
     allow_inside_input: bool = False,
+    cohort: CohortSettings | None = None,
 ) -> tuple[int, int]:
     """Process every scan under ``input_path``; returns ``(succeeded, failed)``.
 
     Scans already finished (their report exists) are skipped unless
     ``settings.overwrite``; under ``torchrun`` each process takes every
-    ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``.
+    ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``. With ``cohort``
+    (:mod:`visualad_med.cohort_run`) every scan is scored against the others: all
+    are redone, in one process, at the cohort threshold unless ``settings.threshold``.
     """
     input_path, out_dir = Path(input_path), Path(out_dir)
     if not input_path.exists():
@@ -297,8 +319,24 @@ def run_folder(
         raise ValueError(f"no scans found under {input_path} (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
     head_sha256 = file_sha256(head_path) if head_path else None
     model.eval()
-    return run_scans(scans, out_dir, lambda source: process_scan(model, source, out_dir, settings, head_sha256),
-                     overwrite=settings.overwrite, progress=settings.progress, where=input_path)
+    if cohort is None:
+        return run_scans(scans, out_dir, lambda source: process_scan(model, source, out_dir, settings, head_sha256),
+                         overwrite=settings.overwrite, progress=settings.progress, where=input_path)
+    settings, inferer, maps = prepare_cohort(model, scans, settings, cohort, out_dir)
+    return run_scans(scans, out_dir,
+                     lambda source: process_scan(model, source, out_dir, settings, head_sha256, inferer, maps),
+                     overwrite=True, progress=settings.progress, where=input_path)
+
+
+def prepare_cohort(model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
+                   work_dir: Path) -> tuple[RunSettings, SliceInferer, CohortMaps]:
+    """The settings (cohort threshold unless the user's), inferer and fused maps of a cohort run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("cohort scoring compares every scan with every other: run it in one process, not torchrun")
+    if settings.threshold is None:
+        settings = replace(settings, threshold=COHORT_THRESHOLD)
+    inferer = make_inferer(model, settings)
+    return settings, inferer, CohortMaps.build(model, scans, inferer, cohort, work_dir)
 
 
 def run_scans(

@@ -45,7 +45,10 @@ from .model import VisualAD
 from .reference import volume_body_mask
 from .report import plot_curves, write_results
 from .runtime import file_sha256
-from .scan_run import RunSettings, infer_scan, make_inferer, mask_threshold, run_scans, write_scan_outputs
+from .cohort import CohortSettings
+from .cohort_run import CohortMaps
+from .scan_run import RunSettings, cohort_report, infer_scan, make_inferer, mask_threshold, prepare_cohort, run_scans
+from .scan_run import write_scan_outputs
 from .volumes import load_scan
 
 logger = logging.getLogger(__name__)
@@ -178,13 +181,13 @@ class CohortTally:
 
 
 def _score_scan(model: VisualAD, pair: VolumePair, settings: RunSettings, maps_dir: Path, head_sha256: str | None,
-                inferer, tally: CohortTally) -> dict:
+                inferer, tally: CohortTally, cohort: CohortMaps | None) -> dict:
     """Infer one scan as ``infer`` does, write its outputs, score it against its label; returns its report."""
-    done = infer_scan(model, pair.scan, settings, inferer)
+    done = infer_scan(model, pair.scan, settings, inferer, cohort.network_for(pair.scan) if cohort else None)
     label = load_scan(pair.label)
     check_same_grid(done.volume, label, pair.label)
     report = write_scan_outputs(model, pair.scan, done.volume, done.anomaly, done.mask, done.scores, maps_dir,
-                                settings, head_sha256, done.times)
+                                settings, head_sha256, done.times, cohort_report(cohort, settings))
     body = volume_body_mask(done.volume[0].as_tensor(), done.scores.intensity_range).numpy()
     tally.add_scan(pair.scan.name, done.anomaly.numpy(), label[0].numpy() > 0, body, done.scores.scores,
                    done.scores.axis, mask_threshold(model, settings))
@@ -246,12 +249,14 @@ def evaluate_volumes(
     data: str = "",
     head: str | Path | None = None,
     command: Sequence[str] | None = None,
+    cohort: CohortSettings | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model on labelled volumes; writes ``results.json``, ``results.md``, ``scans.csv``,
     ``curves/*.png`` and the per-scan outputs of ``infer`` in ``maps/``; returns the results.
 
     A scan that fails (unreadable, label on another grid) is logged, listed under ``failed``
-    and the evaluation goes on. Every scan is recomputed (``settings.overwrite`` is forced on).
+    and the evaluation goes on. Every scan is recomputed (``settings.overwrite`` is forced on). With
+    ``cohort``, the scans are scored against each other (:mod:`visualad_med.cohort_run`).
     """
     out_dir = Path(out_dir)
     maps_dir = out_dir / "maps"
@@ -259,12 +264,17 @@ def evaluate_volumes(
     started = time.perf_counter()
     tally = CohortTally()
     head_sha256 = file_sha256(Path(head)) if head else None
-    inferer = make_inferer(model, settings)
     by_name = {pair.scan.name: pair for pair in pairs}
     model.eval()
+    maps = None
+    if cohort is None:
+        inferer = make_inferer(model, settings)
+    else:
+        settings, inferer, maps = prepare_cohort(model, [pair.scan for pair in pairs], settings, cohort, out_dir)
     succeeded, failed = run_scans(
         [pair.scan for pair in pairs], maps_dir,
-        lambda source: _score_scan(model, by_name[source.name], settings, maps_dir, head_sha256, inferer, tally),
+        lambda source: _score_scan(model, by_name[source.name], settings, maps_dir, head_sha256, inferer, tally,
+                                   maps),
         overwrite=True, progress=settings.progress, where=data)
     pooled = tally.pooled() if tally.rows else dict.fromkeys(VOLUME_METRICS, math.nan)
     device = next(model.parameters()).device
@@ -277,6 +287,7 @@ def evaluate_volumes(
         "model": {"backbone": model.config.backbone, "image_size": model.config.image_size,
                   "taps": list(model.config.taps), "scoring": model.config.scoring,
                   "map_reference": model.config.map_reference, **_head_identity(model, head)},
+        "cohort": None if maps is None else maps.report(),
         "settings": {"planes": list(settings.planes), "window": settings.window, "batch_size": settings.batch_size},
         "environment": _environment(device), "command": list(command or []),
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,0 +1,129 @@
+"""Cohort (mutual) scoring: the search, the interval average, candidates, and the public commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from builders import make_mvfa
+from visualad_med.cli import main
+from visualad_med.cohort import CohortSettings, fuse_patch_scores
+from visualad_med.mutual import (
+    cohort_scores,
+    interval_average,
+    nearest_candidates,
+    patch_distances,
+    position_candidates,
+    robust_standardise,
+)
+
+MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
+         "--image-size", "32", "--device", "cpu"]
+
+
+def normal_cohort(images: int = 12, layers: int = 2, patches: int = 16, width: int = 24, seed: int = 0):
+    """Features whose patches are noisy copies of 6 shared prototypes: what repeats across a cohort."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(layers, 6, width, generator=generator)
+    picks = torch.randint(6, (images, patches), generator=generator)
+    features = prototypes[:, picks].permute(1, 0, 2, 3)
+    features = features + 0.1 * torch.randn(features.shape, generator=generator)
+    return F.normalize(features, dim=-1)
+
+
+def test_a_patch_that_no_other_image_has_ranks_first():
+    features = normal_cohort()
+    features[7, :, 5] = F.normalize(torch.randn(features.shape[1], features.shape[3]), dim=-1)
+    scores = cohort_scores(features, nearest_candidates(features, neighbours=8), fraction=0.3, progress=False)
+    assert scores.amax(dim=1).argmax() == 7
+    assert scores[7].argmax() == 5
+    assert scores[7, 5] > 3 * scores[torch.arange(12) != 7].amax()
+
+
+def test_chunked_search_equals_the_exact_one():
+    features = normal_cohort(images=9, seed=1)
+    query, references = features[0], features[1:]
+    exact = torch.stack([
+        (1.0 - torch.stack([query[t] @ references[r, t].T for t in range(query.shape[0])]).amax(-1)).mean(0)
+        for r in range(references.shape[0])
+    ])
+    for chunk in (1, 3, 100):
+        torch.testing.assert_close(patch_distances(query, references, chunk), exact, rtol=0, atol=1e-6)
+
+
+def test_interval_average_takes_the_closest_share():
+    distances = torch.tensor([[0.1], [0.9], [0.2], [0.8], [0.3]])
+    assert interval_average(distances, 0.4).item() == pytest.approx(0.15)
+    assert interval_average(distances, 1.0).item() == pytest.approx(0.46)
+
+
+def test_slices_are_compared_with_other_scans_at_their_position_and_one_scan_falls_back():
+    scan_of = [0] * 5 + [1] * 5 + [2] * 5
+    position = [k / 4 for k in range(5)] * 3
+    candidates, fallback = position_candidates(scan_of, position, window=0.3, per_scan=2)
+    assert not fallback
+    groups = candidates(0)  # scan 0, position 0
+    assert groups == [[5, 6], [10, 11]]
+    assert all(scan_of[j] != scan_of[7] for group in candidates(7) for j in group)
+    alone, fallback = position_candidates([0] * 5, position[:5], min_gap=0.5)
+    assert fallback and alone(0) == [[2], [3], [4]]
+
+
+def test_fused_scores_are_on_one_robust_scale():
+    generator = torch.Generator().manual_seed(2)
+    head, mutual = 50 + 10 * torch.randn(8, 30, generator=generator), 0.01 * torch.rand(8, 30, generator=generator)
+    fused = fuse_patch_scores("visualad+mutual", head, mutual)
+    torch.testing.assert_close(fused, (robust_standardise(head) + robust_standardise(mutual)) / 2)
+    assert abs(float(robust_standardise(head).median())) < 1e-6
+    with pytest.raises(ValueError, match="unknown cohort scoring"):
+        CohortSettings("cohort")
+
+
+def write_volumes(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        data = rng.normal(300.0, 30.0, (20, 18, 8)).astype(np.float32)
+        if k == 1:
+            data[6:12, 6:12, 3:5] = 900.0  # a lesion only this scan has
+        nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0])), folder / f"scan{k}.nii.gz")
+
+
+def test_infer_with_mutual_scoring_records_the_cohort_and_a_single_scan_falls_back(tmp_path, caplog):
+    write_volumes(tmp_path / "scans", 3)
+    torch.manual_seed(0)
+    assert main(["infer", str(tmp_path / "scans"), str(tmp_path / "out"), "--scoring", "mutual", *MODEL]) == 0
+    reports = {k: json.loads((tmp_path / "out" / f"scan{k}_report.json").read_text()) for k in range(3)}
+    assert all(r["cohort"]["scans"] == 3 and not r["cohort"]["fallback_same_scan"] for r in reports.values())
+    assert reports[0]["threshold"] == 4.0 and "robust sd" in reports[0]["threshold_source"]
+    maps = {k: np.asarray(nib.load(tmp_path / "out" / f"scan{k}_anomaly.nii.gz").dataobj) for k in range(3)}
+    assert maps[1][6:12, 6:12, 3:5].mean() > max(maps[0][6:12, 6:12, 3:5].mean(), maps[2][6:12, 6:12, 3:5].mean())
+    assert not list((tmp_path / "out").glob(".cohort_*"))
+
+    write_volumes(tmp_path / "one", 1)
+    assert main(["infer", str(tmp_path / "one"), str(tmp_path / "out_one"), "--scoring", "visualad+mutual",
+                 *MODEL]) == 0
+    report = json.loads((tmp_path / "out_one" / "scan0_report.json").read_text())
+    assert report["cohort"]["fallback_same_scan"] is True and "cohort of one scan" in caplog.text
+
+
+def test_evaluate_2d_with_cohort_scoring_writes_results(tmp_path):
+    root = make_mvfa(tmp_path / "mvfa", "Brain")
+    torch.manual_seed(0)
+    assert main(["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "out"), "--scoring",
+                 "visualad+mutual", "--cohort-neighbours", "2", *MODEL]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["cohort"]["scoring"] == "visualad+mutual" and results["cohort"]["neighbours"] == 2
+    assert results["mean"]["metrics"]["image_auroc"] is not None
+
+
+def test_predict_refuses_a_cohort_scoring(tmp_path, caplog):
+    assert main(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--scoring", "mutual",
+                 *MODEL]) == 2
+    assert "needs a cohort" in caplog.text

@@ -1,0 +1,87 @@
+"""Cohort scorings of a run: ``mutual`` (training-free, :mod:`visualad_med.mutual`) and ``visualad+mutual``.
+
+These are run settings, not head settings: a head scores one image, a cohort
+scoring needs the other images of the run. Both scorings are formed on the
+patch grid and then turned into maps exactly as the head's map is (upsampled,
+smoothed, referenced to the body when the head's ``map_reference`` is ``body``):
+
+* ``mutual``: the cohort patch scores;
+* ``visualad+mutual``: the two patch-score grids put on one scale before they
+  are added: the head's (the method's sum over taps of ``cos(SAF(p), a') -
+  cos(SAF(p), n')``) and the cohort's are each robust-standardised over every
+  patch of the cohort (minus the cohort's median, over 1.4826 x its median
+  absolute deviation, :func:`~visualad_med.mutual.robust_standardise`), and the
+  fused grid is their mean.
+
+``mutual`` alone is standardised the same way, so for both 1 unit is one robust
+standard deviation of the cohort's patch scores. The mask threshold of both is
+:data:`COHORT_THRESHOLD` of those units (a fixed rule, not calibrated on any
+medical data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .model import VisualAD, upsample_scores
+from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
+from .reference import body_mask, reference_to_body
+
+COHORT_SCORINGS = ("mutual", "visualad+mutual")
+COHORT_THRESHOLD = 4.0
+"""Mask threshold of cohort maps, in robust standard deviations above the cohort's median."""
+
+
+@dataclass(frozen=True)
+class CohortSettings:
+    """How a run scores its images against each other.
+
+    Attributes:
+        scoring: ``mutual`` or ``visualad+mutual``.
+        fraction: interval-average share of the closest candidates.
+        neighbours: 2D: candidate images per image (most similar by global descriptor).
+        window: volumes: largest normalised slice-position difference of a candidate slice.
+        per_scan: volumes: candidate slices taken from each other scan.
+        layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
+    """
+
+    scoring: str = "mutual"
+    fraction: float = DEFAULT_FRACTION
+    neighbours: int = DEFAULT_NEIGHBOURS
+    window: float = 0.05
+    per_scan: int = 3
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scoring not in COHORT_SCORINGS:
+            raise ValueError(f"unknown cohort scoring {self.scoring!r}; valid: {', '.join(COHORT_SCORINGS)}")
+        if not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0:
+            raise ValueError(f"cohort settings out of range: fraction {self.fraction} (0..1], neighbours "
+                             f"{self.neighbours} >= 1, per_scan {self.per_scan} >= 1, window {self.window} >= 0")
+
+    def feature_layers(self, model: VisualAD) -> tuple[int, ...]:
+        """The blocks compared, for ``model``'s backbone."""
+        return self.layers or default_layers(model.backbone.depth)
+
+
+def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
+    """``(M, N)`` patch scores of the run: standardised ``mutual``, or the mean of both standardised grids."""
+    mutual = robust_standardise(cohort)
+    return mutual if scoring == "mutual" else (robust_standardise(head) + mutual) / 2.0
+
+
+def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` patch scores of ``(B, 3, S, S)`` normalised images -> ``(B, S, S)`` maps, made like the head's."""
+    side = images.shape[-1]
+    grid = model.backbone.grid_for(images.shape[-2], side)
+    maps = model.smoothing(upsample_scores(patch_scores.reshape(-1, *grid).float(), (images.shape[-2], side)))
+    if model.config.map_reference == "body":
+        maps = reference_to_body(maps, body_mask(images, model.config.mean, model.config.std))
+    return maps
+
+
+def head_patch_scores(outputs: dict) -> torch.Tensor:
+    """``(B, N)``: the method's patch scores summed over taps, from the model's outputs."""
+    return torch.stack(list(outputs["patch_scores"].values())).sum(0).flatten(1).float()

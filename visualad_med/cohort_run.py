@@ -1,0 +1,153 @@
+"""Cohort scoring of a folder of scans: every slice against the slices of the other scans at its position.
+
+Two passes over the scans, both through the ``infer`` path (:class:`~visualad_med.inference.SliceInferer`):
+
+1. :meth:`CohortMaps.build` runs the model on every slice with body and keeps,
+   per slice, its patch features (half precision, in per-scan ``.npy`` files under
+   a temporary folder, so the cohort's features live on disk, not in memory), the
+   head's patch scores and its normalised position ``index / (slices - 1)``. It
+   then scores every slice against the slices of the *other* scans within
+   ``window`` of its position (:func:`~visualad_med.mutual.position_candidates`;
+   a run of one scan falls back to the same scan's slices at least 0.2 away and
+   says so in the reports) and fuses the result with the head's patch scores
+   (:func:`~visualad_med.cohort.fuse_patch_scores`).
+2. Writing: :meth:`CohortMaps.network_for` gives, for one scan, a stand-in for
+   the model that returns those fused maps slice by slice; the usual inferer
+   reassembles them into the volume and the usual writers write it, so outputs
+   keep the scan's geometry, file names and report.
+
+A scan that fails in the first pass is left out of the cohort and fails again,
+with its reason, when its outputs are written. Cohort runs use one plane and
+one process (no ``torchrun`` sharding: every scan needs every other).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cohort import COHORT_THRESHOLD, CohortSettings, fuse_patch_scores, head_patch_scores, patch_maps
+from .inference import SliceInferer
+from .model import VisualAD, top_fraction_mean
+from .mutual import cohort_scores, position_candidates, stack_features
+from .volumes import ScanLoadError, ScanSource, load_scan
+
+logger = logging.getLogger(__name__)
+
+
+class _FeatureCollector(nn.Module):
+    """Stands in for the model in pass 1: runs it, keeps features and head patch scores of each batch."""
+
+    def __init__(self, model: VisualAD, layers: tuple[int, ...]):
+        super().__init__()
+        self.model, self.layers, self.config = model, layers, model.config
+        self.features: list[np.ndarray] = []
+        self.head: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> dict:
+        outputs = self.model(images, feature_layers=self.layers)
+        self.features.append(stack_features(outputs["features"]).cpu().numpy())
+        self.head.append(head_patch_scores(outputs).cpu())
+        return outputs
+
+
+class _FusedMaps(nn.Module):
+    """Stands in for the model in pass 2: the fused maps of one scan's slices, in the order they are asked for."""
+
+    def __init__(self, model: VisualAD, patch_scores: torch.Tensor, name: str):
+        super().__init__()
+        self.model, self.config, self.patch_scores, self.name, self.served = model, model.config, patch_scores, name, 0
+
+    def forward(self, images: torch.Tensor) -> dict:
+        count = images.shape[0]
+        if self.served + count > self.patch_scores.shape[0]:
+            raise RuntimeError(f"{self.name}: the scan changed between the two cohort passes")
+        rows = self.patch_scores[self.served:self.served + count].to(images.device)
+        self.served += count
+        maps = patch_maps(self.model, rows, images.float())
+        return {"map": maps, "score": top_fraction_mean(maps)}
+
+
+class _ScanFeatures:
+    """The features of every scan of the cohort, one memory-mapped file per scan, indexed as one ``(M, T, N, D)``."""
+
+    def __init__(self, files: list[Path]):
+        self.parts = [np.load(path, mmap_mode="r") for path in files]
+        self.offsets = np.cumsum([0] + [part.shape[0] for part in self.parts])
+        self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:])
+
+    def __getitem__(self, index: int | list[int]) -> torch.Tensor:
+        single = isinstance(index, int)
+        rows = []
+        for i in ([index] if single else index):
+            part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            rows.append(self.parts[part][i - self.offsets[part]])
+        stacked = torch.from_numpy(np.stack(rows))
+        return stacked[0] if single else stacked
+
+
+class CohortMaps:
+    """The fused patch scores of every slice of a cohort of scans, ready to be written scan by scan."""
+
+    def __init__(self, model: VisualAD, settings: CohortSettings, fused: dict[str, torch.Tensor], fallback: bool,
+                 failed: dict[str, str]):
+        self.model, self.settings, self.fused, self.fallback, self.failed = model, settings, fused, fallback, failed
+
+    @classmethod
+    def build(cls, model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, settings: CohortSettings,
+              work_dir: Path) -> CohortMaps:
+        """Pass 1 over ``scans`` and the cohort scoring (see the module docstring)."""
+        if len(inferer.planes) != 1:
+            raise ValueError(f"cohort scoring runs on one plane, got {list(inferer.planes)}")
+        layers = settings.feature_layers(model)
+        names, files, scan_of, position, head, failed = [], [], [], [], [], {}
+        with tempfile.TemporaryDirectory(prefix=".cohort_", dir=work_dir) as folder:
+            for source in scans:
+                collector = _FeatureCollector(model, layers)
+                try:
+                    inferer(load_scan(source), collector)
+                except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
+                    failed[source.name] = getattr(error, "reason", str(error))
+                    logger.warning("%s: left out of the cohort: %s", source.name, failed[source.name])
+                    continue
+                run = [k for k, score in enumerate(inferer.last_scores.scores) if score is not None]
+                if not run:
+                    failed[source.name] = "no slice with body"
+                    continue
+                length = max(1, len(inferer.last_scores.scores) - 1)
+                files.append(Path(folder) / f"{len(files)}.npy")
+                np.save(files[-1], np.concatenate(collector.features))
+                names.append(source.name)
+                scan_of += [len(names) - 1] * len(run)
+                position += [k / length for k in run]
+                head.append(torch.cat(collector.head))
+            if not names:
+                return cls(model, settings, {}, False, failed)
+            features = _ScanFeatures(files)
+            candidates, fallback = position_candidates(scan_of, position, settings.window, settings.per_scan)
+            if fallback:
+                logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices at "
+                               "least 0.2 of its length away", names[0])
+            mutual = cohort_scores(features, candidates, settings.fraction, progress=inferer.progress)
+            del features
+        fused = fuse_patch_scores(settings.scoring, torch.cat(head), mutual)
+        counts = [len(h) for h in head]
+        return cls(model, settings, dict(zip(names, fused.split(counts))), fallback, failed)
+
+    def network_for(self, source: ScanSource) -> nn.Module:
+        """The stand-in model that serves ``source``'s fused maps; raises for a scan left out of the cohort."""
+        if source.name not in self.fused:
+            raise ScanLoadError(source.path, f"left out of the cohort: {self.failed.get(source.name, 'not found')}")
+        return _FusedMaps(self.model, self.fused[source.name], source.name)
+
+    def report(self) -> dict:
+        """What every scan's report records about the cohort."""
+        return {"scoring": self.settings.scoring, "scans": len(self.fused), "fallback_same_scan": self.fallback,
+                "fraction": self.settings.fraction, "window": self.settings.window,
+                "per_scan": self.settings.per_scan, "layers": list(self.settings.feature_layers(self.model)),
+                "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the cohort's patch scores"}
