@@ -127,3 +127,43 @@ def test_predict_refuses_a_cohort_scoring(tmp_path, caplog):
     assert main(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--scoring", "mutual",
                  *MODEL]) == 2
     assert "needs a cohort" in caplog.text
+
+
+def test_reference_bank_saved_and_reloaded_gives_identical_maps(tmp_path):
+    root = make_mvfa(tmp_path / "mvfa", "Brain")
+    references = tmp_path / "refs"
+    references.mkdir()
+    for image in sorted((root / "Brain_AD/test/good/img").iterdir())[:2]:
+        (references / image.name).write_bytes(image.read_bytes())
+    common = ["evaluate", "--data", str(root), "--layout", "mvfa", *MODEL]
+    torch.manual_seed(0)
+    assert main([*common, "--out", str(tmp_path / "built"), "--reference", str(references)]) == 0
+    bank = tmp_path / "built" / "reference_bank.safetensors"
+    assert bank.is_file()
+    torch.manual_seed(0)
+    assert main([*common, "--out", str(tmp_path / "reused"), "--reference-bank", str(bank)]) == 0
+    built, reused = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("built", "reused"))
+    assert built["cohort"]["compared_with"] == "2 reference images"
+    assert built["mean"]["metrics"] == reused["mean"]["metrics"]
+    assert (tmp_path / "built" / "scores.csv").read_text() == (tmp_path / "reused" / "scores.csv").read_text()
+
+
+def test_reference_folder_without_images_and_a_bank_of_another_size_are_refused(tmp_path, caplog):
+    root = make_mvfa(tmp_path / "mvfa", "Brain")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    common = ["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "out")]
+    torch.manual_seed(0)
+    assert main([*common, "--reference", str(tmp_path / "empty"), *MODEL]) == 2
+    assert "no image files" in caplog.text
+    references = tmp_path / "refs"
+    references.mkdir()
+    image = sorted((root / "Brain_AD/test/good/img").iterdir())[0]
+    (references / image.name).write_bytes(image.read_bytes())
+    torch.manual_seed(0)
+    assert main([*common, "--reference", str(references), *MODEL]) == 0
+    other_size = [*MODEL[:-4], "--image-size", "48", "--device", "cpu"]
+    torch.manual_seed(0)
+    assert main([*common, "--reference-bank", str(tmp_path / "out" / "reference_bank.safetensors"),
+                 *other_size]) == 2
+    assert "reference bank does not fit this model: image size 32 (model 48)" in caplog.text

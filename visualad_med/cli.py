@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .backbone import PRESETS
@@ -13,6 +14,7 @@ logger = logging.getLogger("visualad_med")
 
 UNTRAINED = "untrained"
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
+BANK_FILE = "reference_bank.safetensors"
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mutual: share of the closest other images whose distances are averaged (default 0.3)")
     group.add_argument("--cohort-neighbours", type=int, default=None,
                        help="mutual, 2D: other images compared with each image, the most similar ones (default 32)")
+    group.add_argument("--reference", default=None,
+                       help="few-shot: a folder of a few normal images (evaluate 2D) or normal scans (infer, volume "
+                       "evaluate); each patch is scored by its distance to their patches, fused with the head "
+                       "(visualad+mutual, unless --scoring mutual); the bank is saved as OUT/" + "reference_bank"
+                       ".safetensors")
+    group.add_argument("--reference-bank", default=None, help="few-shot: reuse a saved reference bank file")
     group.add_argument("--cohort-window", type=float, default=None,
                        help="mutual, volumes: largest difference of normalised slice position between a slice and "
                        "the slices of other scans it is compared with (default 0.05)")
@@ -87,18 +95,62 @@ def head_path(args: argparse.Namespace) -> Path | None:
     return Path(args.head)
 
 
-def cohort_settings(args: argparse.Namespace):
-    """The :class:`~visualad_med.cohort.CohortSettings` of ``--scoring mutual|visualad+mutual``, else ``None``."""
+def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings=None):
+    """The :class:`~visualad_med.cohort.CohortSettings` of ``--scoring mutual|visualad+mutual`` and of
+    ``--reference``/``--reference-bank`` (saved as ``OUT/reference_bank.safetensors``), else ``None``.
+
+    ``run_settings`` (a volume run's) means references are scans; without, 2D images.
+    """
     from .cohort import CohortSettings
 
-    if args.scoring not in COHORT_SCORINGS:
+    if args.scoring not in COHORT_SCORINGS and not (args.reference or args.reference_bank):
         return None
     options = {"fraction": args.cohort_fraction, "neighbours": args.cohort_neighbours, "window": args.cohort_window}
-    return CohortSettings(args.scoring, **{key: value for key, value in options.items() if value is not None})
+    scoring = args.scoring if args.scoring in COHORT_SCORINGS else "visualad+mutual"
+    settings = CohortSettings(scoring, **{key: value for key, value in options.items() if value is not None})
+    if not (args.reference or args.reference_bank):
+        return settings
+    bank = _reference_bank(args, model, settings.feature_layers(model), Path(out_dir), run_settings)
+    return replace(settings, bank=bank, bank_file=str(args.reference_bank or Path(out_dir) / BANK_FILE))
+
+
+def _reference_bank(args: argparse.Namespace, model, layers: tuple[int, ...], out_dir: Path, run_settings):
+    """The bank of ``--reference-bank``, or one built from ``--reference`` and saved into ``out_dir``."""
+    from .reference_bank import ReferenceBank, bank_from_images
+
+    if args.reference_bank:
+        bank = ReferenceBank.load(Path(args.reference_bank))
+        bank.check_fits(model, layers)
+        return bank
+    folder = Path(args.reference)
+    if not folder.is_dir():
+        raise ValueError(f"--reference {folder} is not a folder")
+    if run_settings is None:
+        from .datasets.images import is_image_file
+
+        images = sorted(p for p in folder.rglob("*") if is_image_file(p))
+        if not images:
+            raise ValueError(f"--reference {folder}: no image files (PNG, JPEG, TIFF, BMP)")
+        bank = bank_from_images(model, images, layers)
+    else:
+        from .cohort_run import bank_from_scans
+        from .scan_run import make_inferer
+        from .volumes import find_scans
+
+        scans = find_scans(folder)
+        if not scans:
+            raise ValueError(f"--reference {folder}: no scans (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bank = bank_from_scans(model, scans, make_inferer(model, run_settings), layers, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bank.save(out_dir / BANK_FILE)
+    logger.info("reference bank of %d images from %s saved as %s", bank.features.shape[0], folder,
+                out_dir / BANK_FILE)
+    return bank
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
-    if args.scoring in COHORT_SCORINGS:
+    if args.scoring in COHORT_SCORINGS or args.reference or args.reference_bank:
         raise ValueError(f"--scoring {args.scoring} scores images against each other and needs a cohort: use it "
                          f"with evaluate or infer, not {command}")
 
@@ -129,7 +181,8 @@ def _infer(args: argparse.Namespace) -> int:
     settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
                            batch_size=args.batch_size, threshold=args.threshold, overwrite=args.overwrite)
     succeeded, failed = run_folder(model, Path(args.input), Path(args.output), settings, head_path=head_path(args),
-                                   allow_inside_input=args.output_inside_input, cohort=cohort_settings(args))
+                                   allow_inside_input=args.output_inside_input,
+                                   cohort=cohort_settings(args, model, Path(args.output), settings))
     print(f"{succeeded} scans succeeded, {failed} failed")
     return 1 if failed else 0
 
@@ -233,7 +286,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split or "test",
                        classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,
                        num_workers=args.workers, head=head_path(args), command=args.command_line,
-                       extra_timings={"model_load_s": time.perf_counter() - started}, cohort=cohort_settings(args))
+                       extra_timings={"model_load_s": time.perf_counter() - started},
+                       cohort=cohort_settings(args, model, Path(args.out)))
     logger.info("results:\n%s", markdown_table(results))
     return 0
 
@@ -252,7 +306,7 @@ def _evaluate_volumes(args: argparse.Namespace) -> int:
     settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
                            batch_size=args.batch_size, threshold=args.threshold, overwrite=True)
     results = evaluate_volumes(model, pairs, Path(args.out), settings, data=str(args.data), head=head_path(args),
-                               command=args.command_line, cohort=cohort_settings(args))
+                               command=args.command_line, cohort=cohort_settings(args, model, Path(args.out), settings))
     pooled = results["pooled"]
     print(f"{results['counts']['evaluated']} scans evaluated, {results['counts']['failed']} failed; pooled voxel AP "
           f"{100 * pooled['voxel_ap']:.1f}, slice AUROC {100 * pooled['slice_auroc']:.1f}, Dice "

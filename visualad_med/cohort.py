@@ -28,6 +28,7 @@ import torch
 from .model import VisualAD, upsample_scores
 from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
 from .reference import body_mask, reference_to_body
+from .reference_bank import ReferenceBank
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
 COHORT_THRESHOLD = 4.0
@@ -53,6 +54,8 @@ class CohortSettings:
     window: float = 0.05
     per_scan: int = 3
     layers: tuple[int, ...] | None = None
+    bank: ReferenceBank | None = None
+    bank_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.scoring not in COHORT_SCORINGS:
@@ -64,6 +67,13 @@ class CohortSettings:
     def feature_layers(self, model: VisualAD) -> tuple[int, ...]:
         """The blocks compared, for ``model``'s backbone."""
         return self.layers or default_layers(model.backbone.depth)
+
+    def describe(self, model: VisualAD) -> dict:
+        """The settings as recorded in results and reports (the bank by its file and size)."""
+        compared = "the cohort" if self.bank is None else f"{self.bank.features.shape[0]} reference images"
+        return {"scoring": self.scoring, "compared_with": compared, "reference_bank": self.bank_file,
+                "fraction": self.fraction, "neighbours": self.neighbours, "window": self.window,
+                "per_scan": self.per_scan, "layers": list(self.feature_layers(model))}
 
 
 def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from .cohort import COHORT_THRESHOLD, CohortSettings, fuse_patch_scores, head_pa
 from .inference import SliceInferer
 from .model import VisualAD, top_fraction_mean
 from .mutual import cohort_scores, position_candidates, stack_features
+from .reference_bank import ReferenceBank
 from .volumes import ScanLoadError, ScanSource, load_scan
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,58 @@ class _ScanFeatures:
         return stacked[0] if single else stacked
 
 
+@dataclass
+class PassOne:
+    """What the first pass keeps of each scan that worked: names, feature files, per-slice keys, head scores."""
+
+    names: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    scan_of: list[int] = field(default_factory=list)
+    position: list[float] = field(default_factory=list)
+    head: list[torch.Tensor] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def collect_features(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
+                     folder: Path) -> PassOne:
+    """Run every scan's slices with body through the model; features go to ``folder/<k>.npy``."""
+    if len(inferer.planes) != 1:
+        raise ValueError(f"cohort and reference scoring run on one plane, got {list(inferer.planes)}")
+    kept = PassOne()
+    for source in scans:
+        collector = _FeatureCollector(model, layers)
+        try:
+            inferer(load_scan(source), collector)
+        except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
+            kept.failed[source.name] = getattr(error, "reason", str(error))
+            logger.warning("%s: left out of the cohort: %s", source.name, kept.failed[source.name])
+            continue
+        run = [k for k, score in enumerate(inferer.last_scores.scores) if score is not None]
+        if not run:
+            kept.failed[source.name] = "no slice with body"
+            continue
+        length = max(1, len(inferer.last_scores.scores) - 1)
+        kept.files.append(folder / f"{len(kept.files)}.npy")
+        np.save(kept.files[-1], np.concatenate(collector.features))
+        kept.names.append(source.name)
+        kept.scan_of += [len(kept.names) - 1] * len(run)
+        kept.position += [k / length for k in run]
+        kept.head.append(torch.cat(collector.head))
+    return kept
+
+
+def bank_from_scans(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
+                    work_dir: Path) -> ReferenceBank:
+    """A reference bank of every slice with body of a few normal scans, with their positions."""
+    with tempfile.TemporaryDirectory(prefix=".reference_", dir=work_dir) as folder:
+        kept = collect_features(model, scans, inferer, layers, Path(folder))
+        if not kept.names:
+            raise ValueError(f"no usable reference scan among {len(scans)}: {kept.failed}")
+        features = torch.cat([torch.from_numpy(np.load(path)) for path in kept.files])
+    return ReferenceBank(features, torch.tensor(kept.position, dtype=torch.float32), layers, model.image_size,
+                         model.config.weights_sha256, [str(s.path) for s in scans if s.name in kept.names])
+
+
 class CohortMaps:
     """The fused patch scores of every slice of a cohort of scans, ready to be written scan by scan."""
 
@@ -101,43 +155,28 @@ class CohortMaps:
     @classmethod
     def build(cls, model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, settings: CohortSettings,
               work_dir: Path) -> CohortMaps:
-        """Pass 1 over ``scans`` and the cohort scoring (see the module docstring)."""
-        if len(inferer.planes) != 1:
-            raise ValueError(f"cohort scoring runs on one plane, got {list(inferer.planes)}")
+        """Pass 1 over ``scans`` and the cohort (or reference-bank) scoring (see the module docstring)."""
         layers = settings.feature_layers(model)
-        names, files, scan_of, position, head, failed = [], [], [], [], [], {}
         with tempfile.TemporaryDirectory(prefix=".cohort_", dir=work_dir) as folder:
-            for source in scans:
-                collector = _FeatureCollector(model, layers)
-                try:
-                    inferer(load_scan(source), collector)
-                except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
-                    failed[source.name] = getattr(error, "reason", str(error))
-                    logger.warning("%s: left out of the cohort: %s", source.name, failed[source.name])
-                    continue
-                run = [k for k, score in enumerate(inferer.last_scores.scores) if score is not None]
-                if not run:
-                    failed[source.name] = "no slice with body"
-                    continue
-                length = max(1, len(inferer.last_scores.scores) - 1)
-                files.append(Path(folder) / f"{len(files)}.npy")
-                np.save(files[-1], np.concatenate(collector.features))
-                names.append(source.name)
-                scan_of += [len(names) - 1] * len(run)
-                position += [k / length for k in run]
-                head.append(torch.cat(collector.head))
-            if not names:
-                return cls(model, settings, {}, False, failed)
-            features = _ScanFeatures(files)
-            candidates, fallback = position_candidates(scan_of, position, settings.window, settings.per_scan)
-            if fallback:
-                logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices at "
-                               "least 0.2 of its length away", names[0])
-            mutual = cohort_scores(features, candidates, settings.fraction, progress=inferer.progress)
+            pass_one = collect_features(model, scans, inferer, layers, Path(folder))
+            if not pass_one.names:
+                return cls(model, settings, {}, False, pass_one.failed)
+            features = _ScanFeatures(pass_one.files)
+            fallback = False
+            if settings.bank is not None:
+                settings.bank.check_fits(model, layers)
+                compared = settings.bank.scores(features, torch.tensor(pass_one.position), settings.window)
+            else:
+                candidates, fallback = position_candidates(pass_one.scan_of, pass_one.position, settings.window,
+                                                           settings.per_scan)
+                if fallback:
+                    logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices "
+                                   "at least 0.2 of its length away", pass_one.names[0])
+                compared = cohort_scores(features, candidates, settings.fraction, progress=inferer.progress)
             del features
-        fused = fuse_patch_scores(settings.scoring, torch.cat(head), mutual)
-        counts = [len(h) for h in head]
-        return cls(model, settings, dict(zip(names, fused.split(counts))), fallback, failed)
+        fused = fuse_patch_scores(settings.scoring, torch.cat(pass_one.head), compared)
+        counts = [len(h) for h in pass_one.head]
+        return cls(model, settings, dict(zip(pass_one.names, fused.split(counts))), fallback, pass_one.failed)
 
     def network_for(self, source: ScanSource) -> nn.Module:
         """The stand-in model that serves ``source``'s fused maps; raises for a scan left out of the cohort."""
@@ -147,7 +186,5 @@ class CohortMaps:
 
     def report(self) -> dict:
         """What every scan's report records about the cohort."""
-        return {"scoring": self.settings.scoring, "scans": len(self.fused), "fallback_same_scan": self.fallback,
-                "fraction": self.settings.fraction, "window": self.settings.window,
-                "per_scan": self.settings.per_scan, "layers": list(self.settings.feature_layers(self.model)),
+        return {**self.settings.describe(self.model), "scans": len(self.fused), "fallback_same_scan": self.fallback,
                 "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the cohort's patch scores"}

@@ -231,8 +231,7 @@ def _run_cohort(
     for class_name in dataset.classes:
         rows = torch.from_numpy(np.flatnonzero(classes == class_name))
         if rows.numel():
-            mutual = cohort_scores(stacked[rows], nearest_candidates(stacked[rows], cohort.neighbours), cohort.fraction)
-            fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], mutual)
+            fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], _compared(stacked[rows], cohort, model))
     start = 0
     for batch in batches:
         count = len(batch["path"])
@@ -240,6 +239,14 @@ def _run_cohort(
         _feed(tallies, batch, maps.numpy(), top_fraction_mean(maps).numpy(), overlay_paths, dataset)
         start += count
     return tallies
+
+
+def _compared(features: torch.Tensor, cohort: CohortSettings, model: VisualAD) -> torch.Tensor:
+    """``(M, N)`` patch scores of one class against the reference bank, or against the class's other images."""
+    if cohort.bank is not None:
+        cohort.bank.check_fits(model, cohort.feature_layers(model))
+        return cohort.bank.scores(features)
+    return cohort_scores(features, nearest_candidates(features, cohort.neighbours), cohort.fraction)
 
 
 def _image_undefined(labels: np.ndarray) -> str | None:
@@ -462,7 +469,7 @@ def evaluate(
                  "layout": None if given_dataset else layout, "split": None if given_dataset else split,
                  "classes": dataset.classes},
         "model": {**_head_identity(model, head), "config": dataclasses.asdict(model.config)},
-        "cohort": None if cohort is None else dataclasses.asdict(cohort),
+        "cohort": None if cohort is None else cohort.describe(model),
         "command": None if command is None else list(command),
         "environment": _environment(device),
         "classes": rows,
