@@ -265,3 +265,28 @@ def test_example_scan_is_materialised_once(tmp_path: Path, monkeypatch: pytest.M
     assert image.shape == (197, 233, 189) and image.get_data_dtype() == np.float32
     written = scans[0].files[0].stat().st_mtime_ns
     assert example_scan() == scans[0].files[0].parent and scans[0].files[0].stat().st_mtime_ns == written
+
+
+def test_inference_with_cohort_scoring_matches_the_cli(work: Path):
+    from test_mutual import write_volumes
+
+    write_volumes(work / "cohort_scans", 3)
+    model = ["--backbone_weights", str(work / "tiny_vit.safetensors"), "--head", str(work / "head.safetensors"),
+             "--device", "cpu"]
+    bundle("run", "--config_file", INFERENCE, "--dataset_dir", str(work / "cohort_scans"), "--output_dir",
+           "cohort_out", "--cohort_scoring", "visualad+mutual", *model, "--progress", "False", cwd=work)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["infer", str(work / "cohort_scans"), str(work / "cohort_cli"), "--scoring", "visualad+mutual",
+                     "--backbone-weights", str(work / "tiny_vit.safetensors"), "--head",
+                     str(work / "head.safetensors"), "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for k in range(3):
+        ours = json.loads((work / "cohort_out" / f"scan{k}_report.json").read_text())
+        theirs = json.loads((work / "cohort_cli" / f"scan{k}_report.json").read_text())
+        assert ours["cohort"]["scans"] == 3 and ours["threshold"] == theirs["threshold"] == 4.0
+        assert {key for key in ours if ours[key] != theirs[key]} <= {"seconds"}
+        np.testing.assert_array_equal(np.asarray(nib.load(work / "cohort_out" / f"scan{k}_anomaly.nii.gz").dataobj),
+                                      np.asarray(nib.load(work / "cohort_cli" / f"scan{k}_anomaly.nii.gz").dataobj))

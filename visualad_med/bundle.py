@@ -32,13 +32,15 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from .checkpoint import HeadCheckpointError
+from .cohort import COHORT_THRESHOLD, CohortSettings
+from .cohort_run import CohortMaps
 from .img_focus import cache_dir
 from .inference import SliceInferer, check_planes
 from .model import VisualAD, build_model, load_model
 from .runtime import BUNDLED_HEAD, file_sha256
 from .runtime import resolve_device as _resolve_device
 from .scan_run import RunSettings, mask_threshold as _mask_threshold
-from .scan_run import run_scans, write_scan_outputs
+from .scan_run import cohort_report, run_scans, write_scan_outputs
 from .transforms import resolve_window
 from .volumes import ScanSource, find_scans, load_scan, write_nifti
 from .weights import BackboneWeightsError
@@ -227,9 +229,25 @@ def build_network(
     return VisualADMapNet(model.eval(), path)
 
 
-def mask_threshold(network: nn.Module, threshold: float | None) -> float:
-    """The mask threshold on the map: ``threshold``, else the head's calibrated one."""
+def mask_threshold(network: nn.Module, threshold: float | None, cohort: CohortSettings | None = None) -> float:
+    """The mask threshold on the map: ``threshold``, else the cohort rule or the head's calibrated one."""
+    if threshold is None and cohort is not None:
+        return COHORT_THRESHOLD
     return _mask_threshold(unwrap(network), RunSettings(threshold=threshold))
+
+
+def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str | None,
+                    reference_bank: str | None, output_dir: str | Path, window: str | Sequence[float] = "auto",
+                    planes: str | Sequence[str] = "axial") -> CohortSettings | None:
+    """The inference config's cohort (``scoring`` ``mutual``/``visualad+mutual``) or few-shot references, or None."""
+    from .cohort_run import cohort_from_options
+
+    try:
+        return cohort_from_options(unwrap(network), scoring, reference_dir, reference_bank, Path(output_dir),
+                                   RunSettings(planes=as_planes(planes), window=as_window(window)))
+    except ValueError as error:
+        key = "scoring" if "scoring" in str(error) else "reference_dir"
+        raise BundleConfigError(key, f"{error}; set --{key}") from None
 
 
 def example_scan(folder: Path | None = None) -> Path:
@@ -334,6 +352,7 @@ class WriteScanOutputsd(MapTransform):
             d["report"] = write_scan_outputs(
                 unwrap(self.network), d["source"], d["image"], d[key], d["mask"], d["slice_scores"],
                 self.output_dir, self.settings, getattr(self.network, "head_sha256", None), d["times"],
+                d.get("extra_report"),
             )
         return d
 
@@ -365,11 +384,14 @@ class ScanFolderEvaluator:
         postprocessing: thresholding and writers; must leave the report in ``data["report"]``.
         overwrite: redo scans that already have a report.
         progress: show progress bars.
+        cohort: score the scans against each other or against references (every scan is redone).
+        threshold: the user's mask threshold, recorded in cohort runs' reports (default the cohort rule's).
     """
 
     def __init__(self, datalist: list[ScanSource], output_dir: str | Path, network: nn.Module,
                  preprocessing: Callable, inferer: SliceInferer, postprocessing: Callable,
-                 overwrite: bool = False, progress: bool = True):
+                 overwrite: bool = False, progress: bool = True, cohort: CohortSettings | None = None,
+                 threshold: float | None = None):
         self.datalist = list(datalist)
         self.output_dir = Path(output_dir)
         self.network = network
@@ -378,6 +400,9 @@ class ScanFolderEvaluator:
         self.postprocessing = postprocessing
         self.overwrite = overwrite
         self.progress = progress
+        self.cohort = cohort
+        self.cohort_threshold = COHORT_THRESHOLD if threshold is None else float(threshold)
+        self.cohort_maps: CohortMaps | None = None
 
     def process(self, source: ScanSource) -> dict:
         """One scan: load, infer slice by slice, threshold and write; returns the report."""
@@ -385,7 +410,12 @@ class ScanFolderEvaluator:
         started = time.perf_counter()
         data = _transform(self.preprocessing, {"image": source})
         loaded = time.perf_counter()
-        data["pred"] = self.inferer(data["image"], model)[0]
+        if self.cohort_maps is not None:
+            threshold = self.cohort_threshold
+            data["extra_report"] = {**cohort_report(self.cohort_maps, RunSettings(threshold=threshold)),
+                                    "threshold": threshold}
+        network = self.cohort_maps.network_for(source) if self.cohort_maps is not None else model
+        data["pred"] = self.inferer(data["image"], network)[0]
         data["slice_scores"] = self.inferer.last_scores
         data["times"] = (started, loaded, time.perf_counter())
         return _transform(self.postprocessing, data)["report"]
@@ -393,8 +423,12 @@ class ScanFolderEvaluator:
     def run(self) -> tuple[int, int]:
         """Process every scan; returns ``(succeeded, failed)``; raises :class:`BundleRunError` if any failed."""
         unwrap(self.network).eval()
-        succeeded, failed = run_scans(self.datalist, self.output_dir, self.process, overwrite=self.overwrite,
-                                      progress=self.progress, where=self.output_dir)
+        if self.cohort is not None:
+            self.cohort_maps = CohortMaps.build(unwrap(self.network), self.datalist, self.inferer, self.cohort,
+                                                self.output_dir)
+        succeeded, failed = run_scans(self.datalist, self.output_dir, self.process,
+                                      overwrite=self.overwrite or self.cohort is not None, progress=self.progress,
+                                      where=self.output_dir)
         if failed:
             raise BundleRunError(f"{failed} of {succeeded + failed} scans failed (reasons above and in "
                                  f"{self.output_dir / 'summary.csv'})")

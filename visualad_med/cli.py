@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from .backbone import PRESETS
@@ -14,7 +13,6 @@ logger = logging.getLogger("visualad_med")
 
 UNTRAINED = "untrained"
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
-BANK_FILE = "reference_bank.safetensors"
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,57 +94,13 @@ def head_path(args: argparse.Namespace) -> Path | None:
 
 
 def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings=None):
-    """The :class:`~visualad_med.cohort.CohortSettings` of ``--scoring mutual|visualad+mutual`` and of
-    ``--reference``/``--reference-bank`` (saved as ``OUT/reference_bank.safetensors``), else ``None``.
+    """The cohort settings of ``--scoring mutual|visualad+mutual``, ``--reference`` or ``--reference-bank``
+    (:func:`visualad_med.cohort_run.cohort_from_options`), else ``None``; ``run_settings`` for volume runs."""
+    from .cohort_run import cohort_from_options
 
-    ``run_settings`` (a volume run's) means references are scans; without, 2D images.
-    """
-    from .cohort import CohortSettings
-
-    if args.scoring not in COHORT_SCORINGS and not (args.reference or args.reference_bank):
-        return None
-    options = {"fraction": args.cohort_fraction, "neighbours": args.cohort_neighbours, "window": args.cohort_window}
-    scoring = args.scoring if args.scoring in COHORT_SCORINGS else "visualad+mutual"
-    settings = CohortSettings(scoring, **{key: value for key, value in options.items() if value is not None})
-    if not (args.reference or args.reference_bank):
-        return settings
-    bank = _reference_bank(args, model, settings.feature_layers(model), Path(out_dir), run_settings)
-    return replace(settings, bank=bank, bank_file=str(args.reference_bank or Path(out_dir) / BANK_FILE))
-
-
-def _reference_bank(args: argparse.Namespace, model, layers: tuple[int, ...], out_dir: Path, run_settings):
-    """The bank of ``--reference-bank``, or one built from ``--reference`` and saved into ``out_dir``."""
-    from .reference_bank import ReferenceBank, bank_from_images
-
-    if args.reference_bank:
-        bank = ReferenceBank.load(Path(args.reference_bank))
-        bank.check_fits(model, layers)
-        return bank
-    folder = Path(args.reference)
-    if not folder.is_dir():
-        raise ValueError(f"--reference {folder} is not a folder")
-    if run_settings is None:
-        from .datasets.images import is_image_file
-
-        images = sorted(p for p in folder.rglob("*") if is_image_file(p))
-        if not images:
-            raise ValueError(f"--reference {folder}: no image files (PNG, JPEG, TIFF, BMP)")
-        bank = bank_from_images(model, images, layers)
-    else:
-        from .cohort_run import bank_from_scans
-        from .scan_run import make_inferer
-        from .volumes import find_scans
-
-        scans = find_scans(folder)
-        if not scans:
-            raise ValueError(f"--reference {folder}: no scans (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        bank = bank_from_scans(model, scans, make_inferer(model, run_settings), layers, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bank.save(out_dir / BANK_FILE)
-    logger.info("reference bank of %d images from %s saved as %s", bank.features.shape[0], folder,
-                out_dir / BANK_FILE)
-    return bank
+    return cohort_from_options(model, args.scoring, args.reference, args.reference_bank, Path(out_dir), run_settings,
+                               fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
+                               window=args.cohort_window)
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .cohort import COHORT_THRESHOLD, CohortSettings, fuse_patch_scores, head_patch_scores, patch_maps
+from .cohort import COHORT_SCORINGS, COHORT_THRESHOLD, CohortSettings, fuse_patch_scores, head_patch_scores
+from .cohort import patch_maps
 from .inference import SliceInferer
 from .model import VisualAD, top_fraction_mean
 from .mutual import cohort_scores, position_candidates, stack_features
@@ -188,3 +189,68 @@ class CohortMaps:
         """What every scan's report records about the cohort."""
         return {**self.settings.describe(self.model), "scans": len(self.fused), "fallback_same_scan": self.fallback,
                 "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the cohort's patch scores"}
+
+
+BANK_FILE = "reference_bank.safetensors"
+"""Name of the reference bank a run saves next to its outputs."""
+
+
+def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | Path | None,
+                        reference_bank: str | Path | None, out_dir: Path, run_settings=None,
+                        **options: float | int | None) -> CohortSettings | None:
+    """The cohort settings of a run's options, or ``None`` when it scores every image alone.
+
+    Args:
+        model: the run's model.
+        scoring: the run's scoring; ``mutual`` or ``visualad+mutual`` make it a cohort run.
+        reference: a folder of normal references (2D images, or scans when ``run_settings`` is given):
+            their bank is built, saved as ``out_dir/reference_bank.safetensors`` and compared with
+            instead of the cohort (scoring ``visualad+mutual`` unless ``mutual``).
+        reference_bank: a saved bank to use instead of ``reference``.
+        out_dir: the run's output folder.
+        run_settings: a volume run's :class:`~visualad_med.scan_run.RunSettings` (for reading reference scans).
+        options: ``fraction``, ``neighbours``, ``window`` (``None``: the default).
+
+    Raises:
+        ValueError: a reference folder without usable images or scans, or a bank that does not fit.
+    """
+    if scoring not in COHORT_SCORINGS and not (reference or reference_bank):
+        return None
+    settings = CohortSettings(scoring if scoring in COHORT_SCORINGS else "visualad+mutual",
+                              **{key: value for key, value in options.items() if value is not None})
+    if not (reference or reference_bank):
+        return settings
+    layers = settings.feature_layers(model)
+    if reference_bank:
+        bank = ReferenceBank.load(Path(reference_bank))
+        bank.check_fits(model, layers)
+        return replace(settings, bank=bank, bank_file=str(reference_bank))
+    bank = _bank_from_folder(model, Path(reference), layers, Path(out_dir), run_settings)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    bank.save(Path(out_dir) / BANK_FILE)
+    logger.info("reference bank of %d images from %s saved as %s", bank.features.shape[0], reference,
+                Path(out_dir) / BANK_FILE)
+    return replace(settings, bank=bank, bank_file=str(Path(out_dir) / BANK_FILE))
+
+
+def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], out_dir: Path,
+                      run_settings) -> ReferenceBank:
+    """The bank of a folder of normal images (2D runs) or scans (volume runs, ``run_settings`` given)."""
+    from .datasets.images import is_image_file
+    from .reference_bank import bank_from_images
+    from .volumes import find_scans
+
+    if not folder.is_dir():
+        raise ValueError(f"reference {folder} is not a folder")
+    if run_settings is None:
+        images = sorted(p for p in folder.rglob("*") if is_image_file(p))
+        if not images:
+            raise ValueError(f"reference {folder}: no image files (PNG, JPEG, TIFF, BMP)")
+        return bank_from_images(model, images, layers)
+    from .scan_run import make_inferer
+
+    scans = find_scans(folder)
+    if not scans:
+        raise ValueError(f"reference {folder}: no scans (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return bank_from_scans(model, scans, make_inferer(model, run_settings), layers, out_dir)
