@@ -258,3 +258,23 @@ def test_percent_cells():
     assert percent_cell(0.8734, None) == "87.3"
     assert percent_cell(1.0, None) == "100.0"
     assert percent_cell(math.nan, "no masks") == NO_MASKS
+
+
+def test_pad_resize_letterboxes_like_volume_slices_and_scores_only_the_image(tmp_path):
+    from visualad_med.datasets import build_dataset, read_rgb
+    from visualad_med.transforms import ResizeLongestPad
+
+    root = make_mvfa(tmp_path / "mvfa", "Brain")  # 40 wide, 32 high
+    padded = build_dataset("mvfa", root, 32, (0.5,) * 3, (0.5,) * 3, resize="pad")
+    sample = padded[3]
+    top, left, height, width = sample["valid"].tolist()
+    assert (height, width) == (26, 32) and top == 3 and left == 0
+    assert sample["mask"][:top].sum() == 0 and sample["mask"].sum() > 0
+    rgb = torch.from_numpy(read_rgb(padded.records[3].path).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    expected = (torch.as_tensor(ResizeLongestPad(32)(rgb))[0] - 0.5) / 0.5
+    torch.testing.assert_close(sample["image"], expected)
+    torch.manual_seed(0)
+    assert main(["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "out"), "--resize",
+                 "pad", "--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
+                 "--image-size", "32", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["resize"] == "pad"

@@ -232,7 +232,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--layout is needed (mvfa, meta, mvtec, visa or msd), or --labels for a folder of scans")
     import time
 
-    from .evaluation import evaluate
+    from .evaluation import DEFAULT_RESIZE, evaluate
     from .report import markdown_table
 
     started = time.perf_counter()
@@ -241,7 +241,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                        classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,
                        num_workers=args.workers, head=head_path(args), command=args.command_line,
                        extra_timings={"model_load_s": time.perf_counter() - started},
-                       cohort=cohort_settings(args, model, Path(args.out)))
+                       cohort=cohort_settings(args, model, Path(args.out)), resize=args.resize or DEFAULT_RESIZE)
     logger.info("results:\n%s", markdown_table(results))
     return 0
 
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(evaluate, "2D: mvfa, meta, mvtec or visa; volumes: msd (Medical Segmentation Decathlon "
                         "folder with dataset.json); not needed with --labels", layout_required=False,
                         split_default=None)
+    evaluate.add_argument("--resize", default=None, choices=["squash", "pad"],
+                          help="2D: how images reach the model's square input: squash to S x S, or pad (aspect "
+                          "kept, padded to a square as volume slices are; padding left out of the pixel metrics); "
+                          "default: squash")
     evaluate.add_argument("--labels", default=None,
                           help="volumes: folder of label volumes matched by name with the scans under --data "
                           "(<name>, <name>_label, _seg or _mask)")

@@ -44,6 +44,8 @@ from .runtime import autocast, file_sha256, resolve_device
 logger = logging.getLogger(__name__)
 
 FORMAT = "visualad_med.evaluation/1"
+DEFAULT_RESIZE = "squash"
+"""How evaluated images reach the model's square input (see :data:`~visualad_med.datasets.images.RESIZE_POLICIES`)."""
 PROTOCOL = (
     "maps at the model's input resolution S x S against masks resized to S x S (bilinear, binarised at 0.5); "
     "image score = mean of the top 1% of the smoothed map; AUPRO regions per 2D image (8-connected), FPR limit 0.3; "
@@ -71,6 +73,7 @@ def _load_dataset(
     layout: str | None,
     split: str,
     classes: Iterable[str] | None,
+    resize: str,
 ) -> AnomalyDataset:
     """The data set to evaluate, read at the model's input size with the ``skip`` mask policy."""
     config = model.config
@@ -82,9 +85,8 @@ def _load_dataset(
         return data
     if layout is None:
         raise ValueError(f"a layout is needed to read the data root {data}")
-    return build_dataset(
-        layout, data, config.image_size, config.mean, config.std, split=split, classes=classes, missing_mask="skip"
-    )
+    return build_dataset(layout, data, config.image_size, config.mean, config.std, split=split, classes=classes,
+                         missing_mask="skip", resize=resize)
 
 
 def _classes_with_masks(dataset: AnomalyDataset) -> set[str]:
@@ -156,12 +158,13 @@ def _feed(
         tally.scores.extend(scores[rows].tolist())
         tally.labels.extend(labels[rows].tolist())
         tally.paths.extend(path for path, keep in zip(batch["path"], rows) if keep)
-        pixel_rows = rows & has_mask
-        if pixel_rows.any():
-            tally.pixels.update(maps[pixel_rows], masks[pixel_rows])
-            tally.pixel_images += int(pixel_rows.sum())
-            tally.anomalous_pixels += int(masks[pixel_rows].sum())
-            tally.normal_pixels += int((~masks[pixel_rows]).sum())
+        for i in np.flatnonzero(rows & has_mask):
+            top, left, height, width = (int(v) for v in batch["valid"][i])
+            shown = (slice(top, top + height), slice(left, left + width))  # letterbox padding is not scored
+            tally.pixels.update(maps[i][shown][None], masks[i][shown][None])
+            tally.pixel_images += 1
+            tally.anomalous_pixels += int(masks[i][shown].sum())
+            tally.normal_pixels += int((~masks[i][shown]).sum())
     for i, path in enumerate(batch["path"]):
         if path in overlay_paths:
             rgb = _to_rgb(batch["image"][i], dataset.mean, dataset.std)
@@ -378,6 +381,7 @@ def evaluate(
     command: Sequence[str] | None = None,
     extra_timings: Mapping[str, float] | None = None,
     cohort: CohortSettings | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> dict[str, Any]:
     """Evaluate the model zero-shot on a labelled 2D data set and write the results.
 
@@ -410,6 +414,8 @@ def evaluate(
         extra_timings: further timings in seconds (e.g. ``model_load_s``) to record.
         cohort: score each class's images against each other (:mod:`visualad_med.cohort`); ``None``
             scores each image alone with the model.
+        resize: how a data root's images reach ``S x S``: ``squash`` or ``pad`` (aspect kept and padded,
+            as volume slices are; the padding is left out of the pixel metrics).
 
     Returns:
         The results as written to ``results.json`` (with NaN where the file has null).
@@ -425,7 +431,7 @@ def evaluate(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     device = resolve_device(device) if isinstance(device, str) else device
-    dataset = _load_dataset(model, data, layout, split, classes)
+    dataset = _load_dataset(model, data, layout, split, classes, resize)
     masked = _classes_with_masks(dataset)
     problems = _mask_problems(dataset, masked)
     if problems:
@@ -465,6 +471,7 @@ def evaluate(
         "format": FORMAT,
         "protocol": PROTOCOL,
         "resolution": model.config.image_size,
+        "resize": dataset.resize,
         "data": {"root": None if given_dataset else str(data), "name": dataset.name,
                  "layout": None if given_dataset else layout, "split": None if given_dataset else split,
                  "classes": dataset.classes},

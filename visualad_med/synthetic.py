@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -457,6 +458,7 @@ class SyntheticAnomalyDataset(Dataset):
             return None
         return {
             "image": image_to_tensor(image, self.image_size, self.mean, self.std),
+            "valid": torch.tensor((0, 0, self.image_size, self.image_size)),
             "mask": mask_to_tensor(mask, self.image_size),
             "label": 1,
             "class_name": record.class_name,

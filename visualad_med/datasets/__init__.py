@@ -55,6 +55,7 @@ def build_dataset(
     split: str = "test",
     classes: Iterable[str] | None = None,
     missing_mask: str = "error",
+    resize: str = "squash",
 ) -> AnomalyDataset:
     """Build a data set by layout name, from one data root or several.
 
@@ -69,6 +70,7 @@ def build_dataset(
         classes: subset of class names; all when None (with several roots, classes
             missing from a root are simply not taken from it).
         missing_mask: ``"error"`` or ``"skip"``.
+        resize: ``squash`` (to ``S x S``) or ``pad`` (aspect kept, padded, as volume slices are).
 
     Raises:
         ValueError: unknown layout (the message lists the valid names), no root, or any
@@ -76,19 +78,18 @@ def build_dataset(
     """
     check_choice("data set layout", layout, LAYOUTS)
     if isinstance(root, (str, Path)):
-        return DATASETS[layout](
-            root, image_size=image_size, mean=mean, std=std, split=split, classes=classes, missing_mask=missing_mask
-        )
+        return DATASETS[layout](root, image_size=image_size, mean=mean, std=std, split=split, classes=classes,
+                                missing_mask=missing_mask, resize=resize)
     roots = [Path(r) for r in root]
     if not roots:
         raise ValueError("no data root given")
     if len(roots) == 1:
-        return build_dataset(layout, roots[0], image_size, mean, std, split, classes, missing_mask)
+        return build_dataset(layout, roots[0], image_size, mean, std, split, classes, missing_mask, resize)
     parts = [DATASETS[layout](r, image_size=image_size, mean=mean, std=std, split=split,
                               classes=_classes_under(layout, r, split, classes), missing_mask=missing_mask)
              for r in roots]
     return AnomalyDataset(_merged_records(roots, parts), image_size, mean, std, missing_mask,
-                          name=f"{layout} {', '.join(map(str, roots))} [{split}]")
+                          name=f"{layout} {', '.join(map(str, roots))} [{split}]", resize=resize)
 
 
 def _classes_under(layout: str, root: Path, split: str, classes: Iterable[str] | None) -> list[str] | None:

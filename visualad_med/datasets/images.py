@@ -184,3 +184,51 @@ def mask_to_tensor(mask: np.ndarray, image_size: int) -> torch.Tensor:
     grey = Image.fromarray(mask.astype(np.uint8) * 255)
     resized = np.asarray(grey.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.float32)
     return torch.from_numpy((resized / 255.0 > 0.5).astype(np.float32))
+
+
+RESIZE_POLICIES: tuple[str, ...] = ("squash", "pad")
+"""``squash``: resize to ``S x S`` (:func:`image_to_tensor`); ``pad``: keep the aspect ratio and pad to a
+square (:func:`letterbox_image`), as volume slices are (``ResizeLongestPad``)."""
+
+
+def letterbox_image(
+    image: np.ndarray, image_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Resize an RGB ``uint8`` image so its longer side is ``S``, pad it to ``S x S`` with black, normalise.
+
+    The same transform as volume slices (:class:`visualad_med.transforms.ResizeLongestPad`).
+
+    Returns:
+        ``((3, S, S) float32 tensor, (top, left, height, width))``: the image and where it lies in the square.
+    """
+    from visualad_med.transforms import ResizeLongestPad
+
+    check_normalisation(image_size, mean, std)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+    resizer = ResizeLongestPad(image_size)
+    tensor = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    padded = resizer(tensor)
+    info = padded.applied_operations[-1]["extra_info"] if hasattr(padded, "applied_operations") else None
+    (top, left), (height, width) = _placement(image.shape[:2], image_size) if info is None else (info["pad"],
+                                                                                                  info["resized"])
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((torch.as_tensor(padded)[0] - mean_t) / std_t).contiguous(), (int(top), int(left), int(height), int(width))
+
+
+def _placement(shape: tuple[int, int], image_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, left), (height, width))`` of an ``(H, W)`` image letterboxed into ``S x S`` (MONAI's rounding)."""
+    scale = image_size / max(shape)
+    height, width = (max(1, int(round(side * scale))) for side in shape)
+    return ((image_size - height) // 2, (image_size - width) // 2), (height, width)
+
+
+def letterbox_mask(mask: np.ndarray, image_size: int, placement: tuple[int, int, int, int]) -> torch.Tensor:
+    """A boolean ``(H, W)`` mask resized (bilinear, binarised at 0.5) into ``placement`` of an ``S x S`` zero mask."""
+    top, left, height, width = placement
+    grey = Image.fromarray(mask.astype(np.uint8) * 255)
+    resized = np.asarray(grey.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0 > 0.5
+    out = torch.zeros(image_size, image_size, dtype=torch.float32)
+    out[top:top + height, left:left + width] = torch.from_numpy(resized.astype(np.float32))
+    return out

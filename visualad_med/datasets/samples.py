@@ -5,6 +5,8 @@ of :class:`SampleRecord`; :class:`AnomalyDataset` checks the masks, reads and
 preprocesses the files, and returns one dict per image:
 
 * ``image``: ``float32`` tensor ``(3, S, S)``, normalised with the given mean/std;
+* ``valid``: ``int64`` ``(4,)`` ``(top, left, height, width)`` of the image inside the square
+  (the whole square unless the ``pad`` resize policy letterboxed it);
 * ``mask``: ``float32`` tensor ``(S, S)`` of 0/1 (zeros for normal images);
 * ``label``: ``int``, 0 normal, 1 anomalous;
 * ``class_name``: ``str``; ``path``: ``str`` (the image file);
@@ -28,7 +30,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from visualad_med.datasets.images import check_normalisation, image_size_of, image_to_tensor, mask_to_tensor
+from visualad_med.datasets.images import RESIZE_POLICIES, check_normalisation, image_size_of, image_to_tensor
+from visualad_med.datasets.images import letterbox_image, letterbox_mask, mask_to_tensor
 from visualad_med.datasets.images import read_mask, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -193,6 +196,8 @@ class AnomalyDataset(Dataset):
         std: per-channel normalisation standard deviation.
         missing_mask: ``"error"`` or ``"skip"``, see :func:`check_masks`.
         name: short description used in logs and errors.
+        resize: ``squash`` (to ``S x S``) or ``pad`` (aspect kept, padded to a square, as volume
+            slices are); see :data:`~visualad_med.datasets.images.RESIZE_POLICIES`.
 
     Attributes:
         records: the checked records, in a fixed (sorted) order.
@@ -210,8 +215,11 @@ class AnomalyDataset(Dataset):
         std: tuple[float, float, float],
         missing_mask: str = "error",
         name: str = "data set",
+        resize: str = "squash",
     ) -> None:
         check_normalisation(image_size, mean, std)
+        check_choice("resize policy", resize, RESIZE_POLICIES)
+        self.resize = resize
         if not records:
             raise ValueError(f"{name}: no images")
         self.name = name
@@ -276,12 +284,20 @@ class AnomalyDataset(Dataset):
         except READ_ERRORS as err:
             skip_unreadable(self._skipped, current, err)
             return None
-        if mask is None:
-            mask_tensor = torch.zeros(self.image_size, self.image_size, dtype=torch.float32)
+        size = self.image_size
+        if self.resize == "pad":
+            image_tensor, placement = letterbox_image(image, size, self.mean, self.std)
         else:
-            mask_tensor = mask_to_tensor(mask, self.image_size)
+            image_tensor, placement = image_to_tensor(image, size, self.mean, self.std), (0, 0, size, size)
+        if mask is None:
+            mask_tensor = torch.zeros(size, size, dtype=torch.float32)
+        elif self.resize == "pad":
+            mask_tensor = letterbox_mask(mask, size, placement)
+        else:
+            mask_tensor = mask_to_tensor(mask, size)
         return {
-            "image": image_to_tensor(image, self.image_size, self.mean, self.std),
+            "image": image_tensor,
+            "valid": torch.tensor(placement),
             "mask": mask_tensor,
             "label": int(record.label),
             "class_name": record.class_name,
@@ -304,6 +320,7 @@ class LayoutDataset(AnomalyDataset):
         split: split name valid for the layout.
         classes: subset of class names; all when None.
         missing_mask: ``"error"`` (default) or ``"skip"``, see :func:`check_masks`.
+        resize: ``squash`` or ``pad`` (see :class:`AnomalyDataset`).
         options: layout-specific options (e.g. the VisA CSV or meta.json path).
     """
 
@@ -322,7 +339,9 @@ class LayoutDataset(AnomalyDataset):
         split: str = "test",
         classes: Iterable[str] | None = None,
         missing_mask: str = "error",
+        resize: str = "squash",
         **options: Any,
     ) -> None:
         records = type(self).find_records(root, split, classes, **options)
-        super().__init__(records, image_size, mean, std, missing_mask, name=f"{self.title} {root} [{split}]")
+        super().__init__(records, image_size, mean, std, missing_mask, name=f"{self.title} {root} [{split}]",
+                         resize=resize)
