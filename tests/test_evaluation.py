@@ -73,14 +73,17 @@ def test_mvfa_with_and_without_masks_writes_files_table_and_exact_metrics(model,
     assert "results.json" in saved["files"] and "curves/Brain_pixel.png" in saved["files"]
 
     # Metrics equal a direct computation over the same maps at 64 x 64.
-    dataset = MVFADataset(tmp_path / "data", 64, model.config.mean, model.config.std, classes=["Brain"])
+    dataset = MVFADataset(tmp_path / "data", 64, model.config.mean, model.config.std, classes=["Brain"], resize="pad")
     items = [dataset[i] for i in range(len(dataset))]
     with torch.inference_mode():
         outputs = model(torch.stack([item["image"] for item in items]))
     labels = np.array([item["label"] for item in items])
     expected = image_metrics(outputs["score"].numpy(), labels)
     accumulator = PixelMetricAccumulator()
-    accumulator.update(outputs["map"].numpy(), torch.stack([item["mask"] for item in items]).numpy())
+    for item, anomaly_map in zip(items, outputs["map"].numpy()):
+        top, left, height, width = item["valid"].tolist()
+        shown = (slice(None), slice(top, top + height), slice(left, left + width))
+        accumulator.update(anomaly_map[None][shown], item["mask"].numpy()[None][shown])
     expected.update(accumulator.compute())
     for key, value in expected.items():
         assert results["classes"]["Brain"]["metrics"][key] == pytest.approx(value, abs=1e-3), key  # batch-size noise

@@ -148,7 +148,7 @@ def test_reference_bank_saved_and_reloaded_gives_identical_maps(tmp_path):
     assert (tmp_path / "built" / "scores.csv").read_text() == (tmp_path / "reused" / "scores.csv").read_text()
 
 
-def test_reference_folder_without_images_and_a_bank_of_another_size_are_refused(tmp_path, caplog):
+def test_reference_folder_without_images_and_a_bank_of_another_size_or_resize_policy_are_refused(tmp_path, caplog):
     root = make_mvfa(tmp_path / "mvfa", "Brain")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
@@ -167,3 +167,7 @@ def test_reference_folder_without_images_and_a_bank_of_another_size_are_refused(
     assert main([*common, "--reference-bank", str(tmp_path / "out" / "reference_bank.safetensors"),
                  *other_size]) == 2
     assert "reference bank does not fit this model: image size 32 (model 48)" in caplog.text
+    torch.manual_seed(0)
+    assert main([*common, "--reference-bank", str(tmp_path / "out" / "reference_bank.safetensors"), "--resize",
+                 "squash", *MODEL]) == 2
+    assert "references read with resize policy 'pad' (this run: 'squash')" in caplog.text

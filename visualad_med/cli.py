@@ -93,13 +93,13 @@ def head_path(args: argparse.Namespace) -> Path | None:
     return Path(args.head)
 
 
-def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings=None):
+def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings=None, resize: str = "pad"):
     """The cohort settings of ``--scoring mutual|visualad+mutual``, ``--reference`` or ``--reference-bank``
     (:func:`visualad_med.cohort_run.cohort_from_options`), else ``None``; ``run_settings`` for volume runs."""
     from .cohort_run import cohort_from_options
 
     return cohort_from_options(model, args.scoring, args.reference, args.reference_bank, Path(out_dir), run_settings,
-                               fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
+                               resize, fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
                                window=args.cohort_window)
 
 
@@ -241,7 +241,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                        classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,
                        num_workers=args.workers, head=head_path(args), command=args.command_line,
                        extra_timings={"model_load_s": time.perf_counter() - started},
-                       cohort=cohort_settings(args, model, Path(args.out)), resize=args.resize or DEFAULT_RESIZE)
+                       cohort=cohort_settings(args, model, Path(args.out), resize=args.resize or DEFAULT_RESIZE),
+                       resize=args.resize or DEFAULT_RESIZE)
     logger.info("results:\n%s", markdown_table(results))
     return 0
 
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resize", default=None, choices=["squash", "pad"],
                           help="2D: how images reach the model's square input: squash to S x S, or pad (aspect "
                           "kept, padded to a square as volume slices are; padding left out of the pixel metrics); "
-                          "default: squash")
+                          "default: pad")
     evaluate.add_argument("--labels", default=None,
                           help="volumes: folder of label volumes matched by name with the scans under --data "
                           "(<name>, <name>_label, _seg or _mask)")

@@ -143,7 +143,8 @@ def bank_from_scans(model: VisualAD, scans: list[ScanSource], inferer: SliceInfe
             raise ValueError(f"no usable reference scan among {len(scans)}: {kept.failed}")
         features = torch.cat([torch.from_numpy(np.load(path)) for path in kept.files])
     return ReferenceBank(features, torch.tensor(kept.position, dtype=torch.float32), layers, model.image_size,
-                         model.config.weights_sha256, [str(s.path) for s in scans if s.name in kept.names])
+                         model.config.weights_sha256, [str(s.path) for s in scans if s.name in kept.names],
+                         VOLUME_RESIZE)
 
 
 class CohortMaps:
@@ -165,7 +166,7 @@ class CohortMaps:
             features = _ScanFeatures(pass_one.files)
             fallback = False
             if settings.bank is not None:
-                settings.bank.check_fits(model, layers)
+                settings.bank.check_fits(model, layers, VOLUME_RESIZE)
                 compared = settings.bank.scores(features, torch.tensor(pass_one.position), settings.window)
             else:
                 candidates, fallback = position_candidates(pass_one.scan_of, pass_one.position, settings.window,
@@ -193,10 +194,12 @@ class CohortMaps:
 
 BANK_FILE = "reference_bank.safetensors"
 """Name of the reference bank a run saves next to its outputs."""
+VOLUME_RESIZE = "volume"
+"""Resize policy recorded in a bank of scan slices (the slice pipeline's)."""
 
 
 def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | Path | None,
-                        reference_bank: str | Path | None, out_dir: Path, run_settings=None,
+                        reference_bank: str | Path | None, out_dir: Path, run_settings=None, resize: str = "pad",
                         **options: float | int | None) -> CohortSettings | None:
     """The cohort settings of a run's options, or ``None`` when it scores every image alone.
 
@@ -209,6 +212,7 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
         reference_bank: a saved bank to use instead of ``reference``.
         out_dir: the run's output folder.
         run_settings: a volume run's :class:`~visualad_med.scan_run.RunSettings` (for reading reference scans).
+        resize: a 2D run's resize policy (reference images are read the same way).
         options: ``fraction``, ``neighbours``, ``window`` (``None``: the default).
 
     Raises:
@@ -221,11 +225,12 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
     if not (reference or reference_bank):
         return settings
     layers = settings.feature_layers(model)
+    policy = VOLUME_RESIZE if run_settings is not None else resize
     if reference_bank:
         bank = ReferenceBank.load(Path(reference_bank))
-        bank.check_fits(model, layers)
+        bank.check_fits(model, layers, policy)
         return replace(settings, bank=bank, bank_file=str(reference_bank))
-    bank = _bank_from_folder(model, Path(reference), layers, Path(out_dir), run_settings)
+    bank = _bank_from_folder(model, Path(reference), layers, Path(out_dir), run_settings, policy)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     bank.save(Path(out_dir) / BANK_FILE)
     logger.info("reference bank of %d images from %s saved as %s", bank.features.shape[0], reference,
@@ -234,7 +239,7 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
 
 
 def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], out_dir: Path,
-                      run_settings) -> ReferenceBank:
+                      run_settings, resize: str) -> ReferenceBank:
     """The bank of a folder of normal images (2D runs) or scans (volume runs, ``run_settings`` given)."""
     from .datasets.images import is_image_file
     from .reference_bank import bank_from_images
@@ -246,7 +251,7 @@ def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], ou
         images = sorted(p for p in folder.rglob("*") if is_image_file(p))
         if not images:
             raise ValueError(f"reference {folder}: no image files (PNG, JPEG, TIFF, BMP)")
-        return bank_from_images(model, images, layers)
+        return bank_from_images(model, images, layers, resize)
     from .scan_run import make_inferer
 
     scans = find_scans(folder)

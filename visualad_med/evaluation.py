@@ -44,10 +44,13 @@ from .runtime import autocast, file_sha256, resolve_device
 logger = logging.getLogger(__name__)
 
 FORMAT = "visualad_med.evaluation/1"
-DEFAULT_RESIZE = "squash"
-"""How evaluated images reach the model's square input (see :data:`~visualad_med.datasets.images.RESIZE_POLICIES`)."""
+DEFAULT_RESIZE = "pad"
+"""How evaluated images reach the model's square input: as volume slices do (aspect kept, padded), so the
+numbers are made the way the product runs (measured: polyp/skin pixel AUROC 79.3 squashed, 81.4 padded; LGG
+image AUROC 84.8 and 83.7, within the seed spread of 1.4); see :data:`~visualad_med.datasets.images.RESIZE_POLICIES`."""
 PROTOCOL = (
-    "maps at the model's input resolution S x S against masks resized to S x S (bilinear, binarised at 0.5); "
+    "images letterboxed into S x S as volume slices are (longest side to S, padded; or squashed with --resize "
+    "squash); maps at S x S against masks placed the same way (bilinear, binarised at 0.5), padding not scored; "
     "image score = mean of the top 1% of the smoothed map; AUPRO regions per 2D image (8-connected), FPR limit 0.3; "
     "Mean = mean over classes of each metric where it is defined"
 )
@@ -234,7 +237,8 @@ def _run_cohort(
     for class_name in dataset.classes:
         rows = torch.from_numpy(np.flatnonzero(classes == class_name))
         if rows.numel():
-            fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], _compared(stacked[rows], cohort, model))
+            compared = _compared(stacked[rows], cohort, model, dataset.resize)
+            fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], compared)
     start = 0
     for batch in batches:
         count = len(batch["path"])
@@ -244,10 +248,10 @@ def _run_cohort(
     return tallies
 
 
-def _compared(features: torch.Tensor, cohort: CohortSettings, model: VisualAD) -> torch.Tensor:
+def _compared(features: torch.Tensor, cohort: CohortSettings, model: VisualAD, resize: str) -> torch.Tensor:
     """``(M, N)`` patch scores of one class against the reference bank, or against the class's other images."""
     if cohort.bank is not None:
-        cohort.bank.check_fits(model, cohort.feature_layers(model))
+        cohort.bank.check_fits(model, cohort.feature_layers(model), resize)
         return cohort.bank.scores(features)
     return cohort_scores(features, nearest_candidates(features, cohort.neighbours), cohort.fraction)
 

@@ -205,14 +205,18 @@ class VisualAD(nn.Module):
         return outputs
 
     def preprocess(self, image) -> torch.Tensor:
-        """Turn a PIL image or uint8 array (grey, RGB or RGBA) into a normalised ``(3, S, S)`` tensor."""
+        """Turn a PIL image or uint8 array (grey, RGB or RGBA) into a normalised ``(3, S, S)`` tensor.
+
+        The image is letterboxed (longest side to ``S``, padded with black) as volume slices and
+        ``evaluate`` images are.
+        """
         from PIL import Image
 
-        from .datasets.images import image_to_tensor
+        from .datasets.images import letterbox_image, pil_to_rgb_array
 
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image)
-        return image_to_tensor(image, self.image_size, self.config.mean, self.config.std)
+        return letterbox_image(pil_to_rgb_array(image), self.image_size, self.config.mean, self.config.std)[0]
 
     def save_head(self, path: str | Path) -> Path:
         """Write the trained tensors and :class:`HeadConfig` (safetensors + JSON)."""

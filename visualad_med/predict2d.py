@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .atomic import atomic_path
-from .datasets.images import image_to_tensor, read_rgb
+from .datasets.images import letterbox_image, read_rgb
 from .model import VisualAD
 from .overlay import heat_overlay, save_png
 from .runtime import autocast
@@ -29,14 +29,15 @@ def predict_image(model: VisualAD, rgb: np.ndarray, device: torch.device) -> tup
 
     Returns:
         ``(map, score)``: the ``(H, W)`` float32 smoothed map, computed at model
-        resolution and resized bilinearly to the image; the model's image score.
+        resolution on the letterboxed image (aspect kept, padded, as volume slices are), cropped
+        to the image and resized bilinearly to it; the model's image score.
     """
     config = model.config
-    tensor = image_to_tensor(rgb, config.image_size, config.mean, config.std)[None].to(device)
+    image, (top, left, height, width) = letterbox_image(rgb, config.image_size, config.mean, config.std)
     with torch.inference_mode(), autocast(device):
-        outputs = model(tensor)
-    smoothed = outputs["map"].float()
-    resized = F.interpolate(smoothed[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        outputs = model(image[None].to(device))
+    shown = outputs["map"].float()[:, top:top + height, left:left + width]
+    resized = F.interpolate(shown[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)
     return resized[0, 0].cpu().numpy(), float(outputs["score"][0])
 
 

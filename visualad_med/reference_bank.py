@@ -44,6 +44,8 @@ class ReferenceBank:
         image_size: model input side the features were taken at.
         backbone_sha256: identity of the backbone's weights.
         sources: the reference files.
+        resize: how the references reached the model's input (``pad`` or ``squash`` for 2D images,
+            ``volume`` for scan slices); a run must read its images the same way.
     """
 
     features: torch.Tensor
@@ -52,10 +54,13 @@ class ReferenceBank:
     image_size: int
     backbone_sha256: str | None
     sources: list[str]
+    resize: str
 
-    def check_fits(self, model: VisualAD, layers: tuple[int, ...]) -> None:
-        """Raise ``ValueError`` unless the bank was taken with this model's size, weights and ``layers``."""
+    def check_fits(self, model: VisualAD, layers: tuple[int, ...], resize: str) -> None:
+        """Raise ``ValueError`` unless the bank was taken with this model's size, weights, ``layers`` and resize."""
         problems = []
+        if self.resize != resize:
+            problems.append(f"references read with resize policy {self.resize!r} (this run: {resize!r})")
         if self.image_size != model.image_size:
             problems.append(f"image size {self.image_size} (model {model.image_size})")
         if tuple(self.layers) != tuple(layers):
@@ -86,7 +91,7 @@ class ReferenceBank:
         """Write the bank as safetensors (atomically); returns ``path``."""
         metadata = {"format": BANK_FORMAT, "layers": json.dumps(list(self.layers)),
                     "image_size": str(self.image_size), "backbone_sha256": self.backbone_sha256 or "",
-                    "sources": json.dumps(self.sources)}
+                    "sources": json.dumps(self.sources), "resize": self.resize}
         tensors = {"features": self.features.contiguous()}
         if self.positions is not None:
             tensors["positions"] = self.positions.contiguous()
@@ -108,22 +113,26 @@ class ReferenceBank:
             raise ValueError(f"{path}: not a reference bank (format {metadata.get('format')!r})")
         return cls(tensors["features"], tensors.get("positions"), tuple(json.loads(metadata["layers"])),
                    int(metadata["image_size"]), metadata.get("backbone_sha256") or None,
-                   json.loads(metadata["sources"]))
+                   json.loads(metadata["sources"]), metadata.get("resize", ""))
 
 
-def bank_from_images(model: VisualAD, paths: list[Path], layers: tuple[int, ...], batch_size: int = 8
-                     ) -> ReferenceBank:
-    """A bank from 2D normal images (read and resized as ``evaluate`` reads images)."""
-    from .datasets.images import image_to_tensor, read_rgb
+def bank_from_images(model: VisualAD, paths: list[Path], layers: tuple[int, ...], resize: str,
+                     batch_size: int = 8) -> ReferenceBank:
+    """A bank from 2D normal images, read as ``evaluate`` reads images with ``resize`` (``pad`` or ``squash``)."""
+    from .datasets.images import image_to_tensor, letterbox_image, read_rgb
     from .datasets.samples import READ_ERRORS
 
+    config = model.config
     images, used = [], []
     for path in paths:
         try:
-            images.append(image_to_tensor(read_rgb(path), model.image_size, model.config.mean, model.config.std))
-            used.append(str(path))
+            rgb = read_rgb(path)
         except READ_ERRORS as error:
             logger.warning("%s: reference image left out: %s", path, error)
+            continue
+        images.append(letterbox_image(rgb, model.image_size, config.mean, config.std)[0] if resize == "pad"
+                      else image_to_tensor(rgb, model.image_size, config.mean, config.std))
+        used.append(str(path))
     if not images:
         raise ValueError(f"no usable reference image among {len(paths)} files")
     device = next(model.parameters()).device
@@ -131,4 +140,4 @@ def bank_from_images(model: VisualAD, paths: list[Path], layers: tuple[int, ...]
     with torch.inference_mode():
         for batch in torch.stack(images).split(batch_size):
             features.append(stack_features(model(batch.to(device), feature_layers=layers)["features"]).cpu())
-    return ReferenceBank(torch.cat(features), None, layers, model.image_size, model.config.weights_sha256, used)
+    return ReferenceBank(torch.cat(features), None, layers, model.image_size, config.weights_sha256, used, resize)
