@@ -182,13 +182,17 @@ def _run(
     batch_size: int,
     num_workers: int,
     overlay_paths: set[str],
+    cohort: CohortSettings | None = None,
 ) -> dict[str, _ClassTally]:
-    """Run the model over the data set, feeding each class's metrics batch by batch."""
+    """Run the model over the data set, feeding each class's metrics batch by batch (or, with ``cohort``,
+    once every image of the set has been seen, :func:`_score_cohort`)."""
     tallies = {name: _ClassTally() for name in dataset.classes}
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_invalid
     )
     model.to(device).eval()
+    if cohort is not None:
+        return _score_cohort(model, dataset, loader, device, tallies, overlay_paths, cohort)
     with tqdm(total=len(dataset), desc="evaluate", unit="img") as bar:
         for batch in loader:
             bar.update(min(batch_size, len(dataset) - bar.n))
@@ -201,26 +205,22 @@ def _run(
     return tallies
 
 
-def _run_cohort(
+def _score_cohort(
     model: VisualAD,
     dataset: AnomalyDataset,
+    loader: DataLoader,
     device: torch.device,
-    batch_size: int,
-    num_workers: int,
+    tallies: dict[str, _ClassTally],
     overlay_paths: set[str],
     cohort: CohortSettings,
 ) -> dict[str, _ClassTally]:
-    """Cohort scoring: the model over the whole set first, then each class's images scored against each other.
+    """Cohort scoring: the model over the whole set first, then each class's images scored against each other
+    (or against the reference bank).
 
-    Holds the evaluated set (images, head maps and patch features in half precision) in memory.
+    Holds the evaluated set (images, head patch scores and patch features in half precision) in memory.
     """
-    tallies = {name: _ClassTally() for name in dataset.classes}
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_invalid
-    )
     layers = cohort.feature_layers(model)
     batches, head_scores, features = [], [], []
-    model.to(device).eval()
     for batch in tqdm(loader, desc="features", unit="batch"):
         if batch is None:
             continue
@@ -446,11 +446,7 @@ def evaluate(
         )
     loaded = time.perf_counter()
 
-    overlay_paths = _overlay_choice(dataset, overlays)
-    if cohort is None:
-        tallies = _run(model, dataset, device, batch_size, num_workers, overlay_paths)
-    else:
-        tallies = _run_cohort(model, dataset, device, batch_size, num_workers, overlay_paths, cohort)
+    tallies = _run(model, dataset, device, batch_size, num_workers, _overlay_choice(dataset, overlays), cohort)
     if not any(tally.scores for tally in tallies.values()):
         raise ValueError(f"no readable image in {dataset.name}: all {len(dataset)} files failed to load")
     inferred = time.perf_counter()
