@@ -38,10 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED = ROOT / "bundles" / "visualad_zsad" / "models" / "visualad_head.safetensors"
 DEFAULT_VARIANTS = (
-    "untrained=--head untrained --backbone dinov2-s14-224 --map-reference body",
+    "untrained=--head untrained --backbone dinov2-s14-224 --map-reference body --scoring visualad",
     f"selfsim=--head {SHIPPED} --scoring selfsim",
-    f"shipped=--head {SHIPPED}",
+    f"shipped=--head {SHIPPED} --scoring visualad",
+    f"default=--head {SHIPPED}",
 )
+"""The baselines, the shipped head alone, and the product's default (the shipped head; volume runs of two or
+more scans scored as a cohort, ``visualad+mutual``). A variant's options go to every set's ``evaluate`` as they
+are, so a variant without ``--scoring`` gets each command's default."""
 SETS = {
     "lgg_mvfa": (["--layout", "mvfa", "--overlays", "0"],
                  [("mean", "image_auroc"), ("mean", "image_ap"), ("mean", "pixel_auroc"), ("mean", "pixel_aupro")]),

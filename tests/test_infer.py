@@ -35,7 +35,7 @@ from visualad_med.model import VisualAD, build_model
 from visualad_med.volumes import DicomSeries, ScanSource, find_scans, load_scan
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
-         "--image-size", "32", "--device", "cpu"]
+         "--image-size", "32", "--device", "cpu", "--scoring", "visualad"]
 ROWS, COLUMNS, SLICES = 20, 24, 8
 
 

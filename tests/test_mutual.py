@@ -79,8 +79,9 @@ def test_fused_scores_are_on_one_robust_scale():
     generator = torch.Generator().manual_seed(2)
     head, mutual = 50 + 10 * torch.randn(8, 30, generator=generator), 0.01 * torch.rand(8, 30, generator=generator)
     fused = fuse_patch_scores("visualad+mutual", head, mutual)
-    torch.testing.assert_close(fused, (robust_standardise(head) + robust_standardise(mutual)) / 2)
-    assert abs(float(robust_standardise(head).median())) < 1e-6
+    torch.testing.assert_close(fused, robust_standardise((robust_standardise(head) + robust_standardise(mutual)) / 2))
+    assert abs(float(fused.median())) < 1e-6
+    assert float((fused - fused.median()).abs().median() * 1.4826) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="unknown cohort scoring"):
         CohortSettings("cohort")
 

@@ -21,7 +21,7 @@ from visualad_med.cli import main
 from visualad_med.metrics import PixelMetricAccumulator
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
-         "--image-size", "32", "--device", "cpu"]
+         "--image-size", "32", "--device", "cpu", "--scoring", "visualad"]
 SHAPE = (18, 16, 12)
 AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])
 THRESHOLD = 0.6

@@ -229,9 +229,11 @@ def build_network(
     return VisualADMapNet(model.eval(), path)
 
 
-def mask_threshold(network: nn.Module, threshold: float | None, cohort: CohortSettings | None = None) -> float:
-    """The mask threshold on the map: ``threshold``, else the cohort rule or the head's calibrated one."""
-    if threshold is None and cohort is not None:
+def mask_threshold(network: nn.Module, threshold: float | None, cohort: CohortSettings | None = None,
+                   datalist: Sequence[ScanSource] = ()) -> float:
+    """The mask threshold on the map: ``threshold``, else the cohort rule (when the cohort applies to
+    ``datalist``) or the head's calibrated one."""
+    if threshold is None and cohort is not None and cohort.applies_to(len(datalist), log=False):
         return COHORT_THRESHOLD
     return _mask_threshold(unwrap(network), RunSettings(threshold=threshold))
 
@@ -239,9 +241,12 @@ def mask_threshold(network: nn.Module, threshold: float | None, cohort: CohortSe
 def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str | None,
                     reference_bank: str | None, output_dir: str | Path, window: str | Sequence[float] = "auto",
                     planes: str | Sequence[str] = "axial") -> CohortSettings | None:
-    """The inference config's cohort (``scoring`` ``mutual``/``visualad+mutual``) or few-shot references, or None."""
+    """The inference config's cohort (``scoring`` ``mutual``/``visualad+mutual``; ``None``: the default cohort of a
+    run of two or more scans; ``"none"``: the head alone) or few-shot references, or None."""
     from .cohort_run import cohort_from_options
 
+    if scoring == NO_COHORT:
+        return None
     try:
         return cohort_from_options(unwrap(network), scoring, reference_dir, reference_bank, Path(output_dir),
                                    RunSettings(planes=as_planes(planes), window=as_window(window)))
@@ -423,11 +428,11 @@ class ScanFolderEvaluator:
     def run(self) -> tuple[int, int]:
         """Process every scan; returns ``(succeeded, failed)``; raises :class:`BundleRunError` if any failed."""
         unwrap(self.network).eval()
-        if self.cohort is not None:
+        if self.cohort is not None and self.cohort.applies_to(len(self.datalist)):
             self.cohort_maps = CohortMaps.build(unwrap(self.network), self.datalist, self.inferer, self.cohort,
                                                 self.output_dir)
         succeeded, failed = run_scans(self.datalist, self.output_dir, self.process,
-                                      overwrite=self.overwrite or self.cohort is not None, progress=self.progress,
+                                      overwrite=self.overwrite or self.cohort_maps is not None, progress=self.progress,
                                       where=self.output_dir)
         if failed:
             raise BundleRunError(f"{failed} of {succeeded + failed} scans failed (reasons above and in "
@@ -454,6 +459,8 @@ def as_roots(dataset_dir: str | Sequence[str]) -> list[str]:
     return [str(root) for root in dataset_dir] if isinstance(dataset_dir, (list, tuple)) else [str(dataset_dir)]
 
 
+NO_COHORT = "none"
+"""``cohort_scoring`` value that scores every scan by the head alone."""
 VOLUME_LAYOUT = "msd"
 """The bundle's layout name for a Medical Segmentation Decathlon folder (volumes with label volumes)."""
 
@@ -560,7 +567,7 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
                    classes: Sequence[str] | None = None, batch_size: int = 8, overlays: int = 8,
                    device: str | torch.device = "auto", workers: int = 0, labels_dir: str | None = None,
                    window: str | Sequence[float] = "auto", planes: str | Sequence[str] = "axial",
-                   threshold: float | None = None) -> dict:
+                   threshold: float | None = None, cohort_scoring: str | None = None) -> dict:
     """:func:`visualad_med.evaluation.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA), or, for
     ``layout`` ``msd`` or a ``labels_dir``, :func:`visualad_med.volume_evaluation.evaluate_volumes`."""
     from .evaluation import evaluate
@@ -570,7 +577,7 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
         raise BundleConfigError("output_dir", "not set; set --output_dir")
     if labels_dir or layout == VOLUME_LAYOUT:
         return _run_volume_evaluation(network, dataset_dir, labels_dir, output_dir, split, batch_size, window,
-                                      planes, threshold)
+                                      planes, threshold, cohort_scoring)
     model = unwrap(network)
     if isinstance(classes, str):
         classes = [classes]
@@ -589,7 +596,7 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
 
 
 def _run_volume_evaluation(network: nn.Module, dataset_dir, labels_dir, output_dir, split: str, batch_size: int,
-                           window, planes, threshold: float | None) -> dict:
+                           window, planes, threshold: float | None, cohort_scoring: str | None) -> dict:
     """Volumes against label volumes: a Decathlon folder, or ``dataset_dir`` scans matched with ``labels_dir``."""
     from .datasets.volume_pairs import decathlon_pairs, folder_pairs
     from .volume_evaluation import evaluate_volumes
@@ -604,8 +611,10 @@ def _run_volume_evaluation(network: nn.Module, dataset_dir, labels_dir, output_d
                                threshold=threshold, overwrite=True)
     except ValueError as error:
         raise BundleConfigError("dataset_dir", f"{error}; set --dataset_dir (and --labels_dir, --split)") from None
+    cohort = cohort_settings(network, cohort_scoring, None, None, output_dir, window, planes)
     results = evaluate_volumes(unwrap(network), pairs, Path(output_dir), settings, data=str(dataset_dir),
-                               head=getattr(network, "head_path", None), command=command_line().split(" "))
+                               head=getattr(network, "head_path", None), command=command_line().split(" "),
+                               cohort=cohort)
     if results["counts"]["failed"]:
         raise BundleRunError(f"{results['counts']['failed']} of {results['counts']['listed']} scans failed "
                              f"(reasons above and in {Path(output_dir) / 'results.json'})")

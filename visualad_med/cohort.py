@@ -11,16 +11,17 @@ smoothed, referenced to the body when the head's ``map_reference`` is ``body``):
   cos(SAF(p), n')``) and the cohort's are each robust-standardised over every
   patch of the cohort (minus the cohort's median, over 1.4826 x its median
   absolute deviation, :func:`~visualad_med.mutual.robust_standardise`), and the
-  fused grid is their mean.
+  fused grid is their mean, standardised again.
 
 ``mutual`` alone is standardised the same way, so for both 1 unit is one robust
-standard deviation of the cohort's patch scores. The mask threshold of both is
+standard deviation of the run's patch scores. The mask threshold of both is
 :data:`COHORT_THRESHOLD` of those units (a fixed rule, not calibrated on any
 medical data).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,11 @@ from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust
 from .reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
 
+logger = logging.getLogger(__name__)
+
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
+DEFAULT_VOLUME_SCORING = "visualad+mutual"
+"""What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
 """Mask threshold of cohort maps, in robust standard deviations above the cohort's median."""
 
@@ -46,6 +51,10 @@ class CohortSettings:
         window: volumes: largest normalised slice-position difference of a candidate slice.
         per_scan: volumes: candidate slices taken from each other scan.
         layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
+        bank: few-shot references compared with instead of the cohort.
+        bank_file: where the bank was saved or read.
+        min_scans: a volume run with fewer scans is scored by the head alone (the default
+            cohort of a volume run asks for 2).
     """
 
     scoring: str = "mutual"
@@ -56,6 +65,7 @@ class CohortSettings:
     layers: tuple[int, ...] | None = None
     bank: ReferenceBank | None = None
     bank_file: str | None = None
+    min_scans: int = 1
 
     def __post_init__(self) -> None:
         if self.scoring not in COHORT_SCORINGS:
@@ -63,6 +73,15 @@ class CohortSettings:
         if not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0:
             raise ValueError(f"cohort settings out of range: fraction {self.fraction} (0..1], neighbours "
                              f"{self.neighbours} >= 1, per_scan {self.per_scan} >= 1, window {self.window} >= 0")
+
+    def applies_to(self, scans: int, log: bool = True) -> bool:
+        """Whether a volume run of ``scans`` scans is scored this way (else by the head alone, logged)."""
+        if scans >= self.min_scans or self.bank is not None:
+            return True
+        if log:
+            logger.info("%d scan(s): fewer than %d for the default cohort scoring; scored by the head alone",
+                        scans, self.min_scans)
+        return False
 
     def feature_layers(self, model: VisualAD) -> tuple[int, ...]:
         """The blocks compared, for ``model``'s backbone."""
@@ -77,9 +96,10 @@ class CohortSettings:
 
 
 def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
-    """``(M, N)`` patch scores of the run: standardised ``mutual``, or the mean of both standardised grids."""
+    """``(M, N)`` patch scores of the run: standardised ``mutual``, or the mean of both standardised grids,
+    standardised again (so the threshold means the same number of robust sd for both scorings)."""
     mutual = robust_standardise(cohort)
-    return mutual if scoring == "mutual" else (robust_standardise(head) + mutual) / 2.0
+    return mutual if scoring == "mutual" else robust_standardise((robust_standardise(head) + mutual) / 2.0)
 
 
 def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cohort import COHORT_SCORINGS, COHORT_THRESHOLD, CohortSettings, fuse_patch_scores, head_patch_scores
+from .cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings, fuse_patch_scores
+from .cohort import head_patch_scores
 from .cohort import patch_maps
 from .inference import SliceInferer
 from .model import VisualAD, top_fraction_mean
@@ -205,7 +206,9 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
 
     Args:
         model: the run's model.
-        scoring: the run's scoring; ``mutual`` or ``visualad+mutual`` make it a cohort run.
+        scoring: the run's scoring; ``mutual`` or ``visualad+mutual`` make it a cohort run; ``None`` (none
+            asked for) makes a one-plane volume run of two or more scans a
+            :data:`~visualad_med.cohort.DEFAULT_VOLUME_SCORING` cohort run.
         reference: a folder of normal references (2D images, or scans when ``run_settings`` is given):
             their bank is built, saved as ``out_dir/reference_bank.safetensors`` and compared with
             instead of the cohort (scoring ``visualad+mutual`` unless ``mutual``).
@@ -218,10 +221,12 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
     Raises:
         ValueError: a reference folder without usable images or scans, or a bank that does not fit.
     """
+    given = {key: value for key, value in options.items() if value is not None}
+    if scoring is None and run_settings is not None and not (reference or reference_bank):
+        return CohortSettings(DEFAULT_VOLUME_SCORING, min_scans=2, **given) if len(run_settings.planes) == 1 else None
     if scoring not in COHORT_SCORINGS and not (reference or reference_bank):
         return None
-    settings = CohortSettings(scoring if scoring in COHORT_SCORINGS else "visualad+mutual",
-                              **{key: value for key, value in options.items() if value is not None})
+    settings = CohortSettings(scoring if scoring in COHORT_SCORINGS else "visualad+mutual", **given)
     if not (reference or reference_bank):
         return settings
     layers = settings.feature_layers(model)

@@ -319,7 +319,7 @@ def run_folder(
         raise ValueError(f"no scans found under {input_path} (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
     head_sha256 = file_sha256(head_path) if head_path else None
     model.eval()
-    if cohort is None:
+    if cohort is None or not cohort.applies_to(len(scans)):
         return run_scans(scans, out_dir, lambda source: process_scan(model, source, out_dir, settings, head_sha256),
                          overwrite=settings.overwrite, progress=settings.progress, where=input_path)
     settings, inferer, maps = prepare_cohort(model, scans, settings, cohort, out_dir)

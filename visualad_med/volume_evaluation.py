@@ -267,7 +267,7 @@ def evaluate_volumes(
     by_name = {pair.scan.name: pair for pair in pairs}
     model.eval()
     maps = None
-    if cohort is None:
+    if cohort is None or not cohort.applies_to(len(pairs)):
         inferer = make_inferer(model, settings)
     else:
         settings, inferer, maps = prepare_cohort(model, [pair.scan for pair in pairs], settings, cohort, out_dir)
