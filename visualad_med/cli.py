@@ -43,7 +43,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the map is made: the trained head (visualad), training-free patch self-similarity (selfsim), "
         "or their sum (combined); cohort scorings (evaluate and infer): each image against the other images of "
         "the run (mutual, training-free) or that fused with the head's map on one robust scale "
-        "(visualad+mutual); default: visualad+mutual for a one-plane volume run of two or more scans (infer, "
+        "(visualad+mutual); default: mutual for a one-plane volume run of two or more scans (infer, "
         "volume evaluate), else the head's own setting",
     )
     group.add_argument("--cohort-fraction", type=float, default=None,

@@ -34,7 +34,7 @@ from .reference_bank import ReferenceBank
 logger = logging.getLogger(__name__)
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
-DEFAULT_VOLUME_SCORING = "visualad+mutual"
+DEFAULT_VOLUME_SCORING = "mutual"
 """What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
 """Mask threshold of cohort maps, in robust standard deviations above the cohort's median."""
