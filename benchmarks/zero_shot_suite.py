@@ -52,6 +52,12 @@ SETS = {
     "polyp_skin_mvfa": (["--layout", "mvfa", "--overlays", "0"], [("mean", "pixel_auroc")]),
     "lgg_volumes_msd": (["--layout", "msd"], [("pooled", "voxel_ap"), ("pooled", "slice_auroc"), ("pooled", "dice")]),
 }
+TRAINING_SETS = {
+    "mtd_mvtec": "magnetic-tile defects (Huang et al. 2020, github abin24/Magnetic-tile-defect-datasets)",
+    "industrial_more": "tyres (MVTec 3D-AD, CC BY-NC-SA 4.0), metal plates (MPDD, CC BY-NC-SA 4.0) and road cracks "
+                       "(CrackForest, non-commercial research)",
+}
+"""What the training roots of ``shared/data`` hold, for the bundle's ``data_source``."""
 COLUMNS = [f"{name}:{key}" for name, (_, keys) in SETS.items() for _, key in keys]
 
 
@@ -123,15 +129,13 @@ def write_metadata(variant: str, values: dict[str, float], head: Path) -> Path:
     training = json.loads(head.with_suffix(".json").read_text()).get("training", {})
     roots = training.get("data") or []
     roots = [roots] if isinstance(roots, str) else roots
+    described = [TRAINING_SETS.get(Path(root).name, Path(root).name) for root in roots]
     metadata["data_source"] = (
-        "Training (industrial only): " + ", ".join(Path(root).name for root in roots)
-        + f" (classes {', '.join(training.get('classes', [])) or 'see the head'}; MVTec AD layout): magnetic-tile "
-        "defects (Huang et al. 2020), MVTec 3D-AD tyres (CC BY-NC-SA 4.0), MPDD metal plates (CC BY-NC-SA 4.0), "
-        "CrackForest road cracks (non-commercial research), as gathered in the project's shared data. Zero-shot "
-        "evaluation (never trained on): LGG brain MRI slices (Buda et al. 2019, TCGA-LGG) in the MVFA layout, "
-        "Kvasir-SEG / CVC-ColonDB polyps and ISIC 2017 skin lesions, and 15 LGG FLAIR volumes with tumour label "
-        "volumes (Decathlon layout); eval_metrics are benchmarks/zero_shot_suite.py's numbers (fractions) of "
-        f"variant {variant}. Example scan: the MNI152 2009a T1 template shipped in the nilearn wheel."
+        "Training (industrial images with pixel masks only, MVTec AD layout): " + "; ".join(described)
+        + ". Zero-shot evaluation (never trained on): LGG brain MRI slices (Buda et al. 2019, TCGA-LGG) in the "
+        "MVFA layout, Kvasir-SEG / CVC-ColonDB polyps and ISIC 2017 skin lesions, and 15 LGG FLAIR volumes with "
+        "tumour label volumes (Decathlon layout); eval_metrics are benchmarks/zero_shot_suite.py's numbers "
+        f"(fractions) of variant {variant}. Example scan: the MNI152 2009a T1 template shipped in the nilearn wheel."
     )
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
     return metadata_path
