@@ -49,7 +49,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cohort-fraction", type=float, default=None,
                        help="mutual: share of the closest other images whose distances are averaged (default 0.3)")
     group.add_argument("--cohort-neighbours", type=int, default=None,
-                       help="mutual, 2D: other images compared with each image, the most similar ones (default 32)")
+                       help="mutual, 2D: other images compared with each image, the most similar ones (default 4096, "
+                       "i.e. all of a set of that size; lower it for large sets, the cost grows with its square)")
     group.add_argument("--reference", default=None,
                        help="few-shot: a folder of a few normal images (evaluate 2D) or normal scans (infer, volume "
                        "evaluate); each patch is scored by its distance to their patches, fused with the head "

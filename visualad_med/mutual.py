@@ -9,14 +9,17 @@ per-image distances (MuSc's interval average: a lesion that also appears in a
 few other images is still scored by the images where it does not). No training,
 no text, no labels.
 
-Rare but normal anatomy (the top of the head in a set of brain slices) would be
-rare, hence anomalous, against the whole cohort. Each image is therefore
-compared only with *candidates* that show the same anatomy: for 2D sets its
-``neighbours`` most similar images by a global descriptor (mean patch token of
-the last layer); for volumes the slices of the other scans at a similar
-normalised position along the slice axis (see :func:`position_candidates`).
-A group of candidates that belong together (slices of one other scan) counts as
-one image: its distance is the smallest over its members.
+Rare but normal anatomy (the top of the head in a set of brain slices) could
+look anomalous against the whole cohort. For 2D sets, measured on ``lgg_mvfa``
+with body-referenced maps, it does not: comparing each slice with every other
+slice gave image AUROC 79.4, with only its 32 most similar slices (by the mean
+last-layer token) 74.5, so a 2D image is compared with its ``neighbours`` most
+similar images with a default large enough to mean all of them in practice.
+For volumes the slices of the *other* scans within a normalised position
+``window`` are the candidates (see :func:`position_candidates`), never the
+same scan's neighbouring slices. A group of candidates that belong together
+(slices of one other scan) counts as one image: its distance is the smallest
+over its members.
 
 Cost: each (query, candidate) pair is ``T x N x N x D`` multiply-adds (``T``
 layers, ``N`` patches of width ``D``): for M images and C candidates each,
@@ -36,8 +39,9 @@ from tqdm import tqdm
 
 DEFAULT_FRACTION = 0.3
 """Share of the (grouped) candidates, the closest ones, whose distances are averaged."""
-DEFAULT_NEIGHBOURS = 32
-"""Candidate images per 2D image: the most similar by global descriptor."""
+DEFAULT_NEIGHBOURS = 4096
+"""Candidate images per 2D image, the most similar by global descriptor first: every other image of sets up to
+that size (cost grows with the square of the set's size; lower it for large sets)."""
 DEFAULT_CHUNK = 32
 
 Candidates = Callable[[int], Sequence[Sequence[int]]]
