@@ -107,8 +107,9 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
     if args.scoring in COHORT_SCORINGS or args.reference or args.reference_bank:
-        raise ValueError(f"--scoring {args.scoring} scores images against each other and needs a cohort: use it "
-                         f"with evaluate or infer, not {command}")
+        asked = f"--scoring {args.scoring}" if args.scoring in COHORT_SCORINGS else "--reference/--reference-bank"
+        raise ValueError(f"{asked} scores images against other images and needs a cohort or a bank: use it with "
+                         f"evaluate or infer, not {command}")
 
 
 def load_cli_model(args: argparse.Namespace):
@@ -332,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         ".nrrd, .mha/.mhd), run the 2D model slice by slice and write, per scan, <scan>_anomaly.nii.gz "
         "(float32 map), <scan>_mask.nii.gz (uint8), <scan>_mask.seg.nrrd (3D Slicer segmentation), "
         "<scan>_seg.dcm (DICOM SEG, DICOM input only) and <scan>_report.json, all in the scan's own geometry, "
-        "plus summary.csv sorted by scan score. Finished scans are skipped unless --overwrite; a failing scan "
-        "is reported and the run goes on (exit code 1 if any failed).",
+        "plus summary.csv sorted by scan score. Two or more scans (one plane) are scored as a cohort by default: "
+        "each slice against the other scans' slices at the same position (--scoring mutual; --scoring visualad "
+        "for the head alone; every scan is then redone). Finished scans are skipped unless --overwrite; a failing "
+        "scan is reported and the run goes on (exit code 1 if any failed).",
     )
     infer.add_argument("input", help="folder (searched recursively) or a single scan file")
     infer.add_argument("output", help="output folder (not inside the input folder)")
