@@ -598,15 +598,13 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
 def _run_volume_evaluation(network: nn.Module, dataset_dir, labels_dir, output_dir, split: str, batch_size: int,
                            window, planes, threshold: float | None, cohort_scoring: str | None) -> dict:
     """Volumes against label volumes: a Decathlon folder, or ``dataset_dir`` scans matched with ``labels_dir``."""
-    from .datasets.volume_pairs import decathlon_pairs, folder_pairs
+    from .datasets.volume_pairs import labelled_volumes
     from .volume_evaluation import evaluate_volumes
 
     require_dir(dataset_dir)
     try:
-        if labels_dir:
-            pairs = folder_pairs(dataset_dir, require_dir(labels_dir, "labels_dir"))
-        else:
-            pairs = decathlon_pairs(dataset_dir, "training" if split == "test" else split)
+        pairs = labelled_volumes(dataset_dir, labels_dir and require_dir(labels_dir, "labels_dir"),
+                                 "training" if split == "test" else split)  # the config's 2D default split
         settings = RunSettings(planes=as_planes(planes), window=as_window(window), batch_size=batch_size,
                                threshold=threshold, overwrite=True)
     except ValueError as error:

@@ -251,15 +251,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_volumes(args: argparse.Namespace) -> int:
-    from .datasets.volume_pairs import decathlon_pairs, folder_pairs
+    from .datasets.volume_pairs import labelled_volumes
     from .runtime import resolve_device
     from .scan_run import RunSettings
     from .volume_evaluation import evaluate_volumes
 
-    if args.labels:
-        pairs = folder_pairs(args.data, args.labels)
-    else:
-        pairs = decathlon_pairs(args.data, args.split or "training")
+    pairs = labelled_volumes(args.data, args.labels, args.split)
     model = load_cli_model(args).to(resolve_device(args.device))
     settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
                            batch_size=args.batch_size, threshold=args.threshold, overwrite=True)

@@ -119,7 +119,7 @@ class ReferenceBank:
 def bank_from_images(model: VisualAD, paths: list[Path], layers: tuple[int, ...], resize: str,
                      batch_size: int = 8) -> ReferenceBank:
     """A bank from 2D normal images, read as ``evaluate`` reads images with ``resize`` (``pad`` or ``squash``)."""
-    from .datasets.images import image_to_tensor, letterbox_image, read_rgb
+    from .datasets.images import read_rgb, to_model_input
     from .datasets.samples import READ_ERRORS
 
     config = model.config
@@ -130,8 +130,7 @@ def bank_from_images(model: VisualAD, paths: list[Path], layers: tuple[int, ...]
         except READ_ERRORS as error:
             logger.warning("%s: reference image left out: %s", path, error)
             continue
-        images.append(letterbox_image(rgb, model.image_size, config.mean, config.std)[0] if resize == "pad"
-                      else image_to_tensor(rgb, model.image_size, config.mean, config.std))
+        images.append(to_model_input(rgb, model.image_size, config.mean, config.std, resize)[0])
         used.append(str(path))
     if not images:
         raise ValueError(f"no usable reference image among {len(paths)} files")

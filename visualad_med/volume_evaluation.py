@@ -40,7 +40,7 @@ from .atomic import atomic_path
 from .binned_metrics import BinnedVoxelMetrics, region_weights
 from .datasets.volume_pairs import VolumePair
 from .evaluation import _environment, _head_identity
-from .metrics import PixelMetricAccumulator, auroc, average_precision, image_metrics
+from .metrics import PixelMetricAccumulator, auroc, average_precision, curve_points, image_metrics
 from .model import VisualAD
 from .reference import volume_body_mask
 from .report import plot_curves, write_results
@@ -97,6 +97,13 @@ def _pair_metric(function, scores: np.ndarray, labels: np.ndarray) -> float:
     return function(scores, labels) if 0 < labels.sum() < labels.size else math.nan
 
 
+def fill_skipped(scores: Sequence[float | None]) -> np.ndarray:
+    """Slice scores with the slices the model skipped (``None``, no body) at the lowest score given."""
+    known = [s for s in scores if s is not None]
+    floor = min(known) if known else 0.0
+    return np.array([floor if s is None else s for s in scores], dtype=np.float64)
+
+
 def slice_labels(truth: np.ndarray, axis: int) -> np.ndarray:
     """``(Z,)`` bool: which slices along ``axis`` of a ``(X, Y, Z)`` label hold a labelled voxel."""
     other = tuple(a for a in range(truth.ndim) if a != axis)
@@ -134,12 +141,12 @@ class CohortTally:
         del exact
         weights, regions = region_weights(truth)
         self.voxels.update(anomaly, truth, weights, regions)
-        self.body.update(anomaly[body], truth[body])
+        body_scores, body_truth = anomaly[body], truth[body]
+        self.body.update(body_scores, body_truth)
         counts = overlap(anomaly > threshold, truth)
         self.counts = [total + count for total, count in zip(self.counts, counts)]
         truth_slices = slice_labels(truth, axis)
-        known = [s for s in per_slice if s is not None]
-        filled = np.array([s if s is not None else (min(known) if known else 0.0) for s in per_slice])
+        filled = fill_skipped(per_slice)
         self.slice_scores.extend(per_slice)
         self.slice_truth.extend(truth_slices.tolist())
         dice, iou = dice_iou(*counts)
@@ -147,8 +154,8 @@ class CohortTally:
             "scan": name, "voxels": int(truth.size), "label_voxels": int(truth.sum()), "regions": regions,
             "slices": len(per_slice), "label_slices": int(truth_slices.sum()),
             "voxel_auroc": whole["pixel_auroc"], "voxel_ap": whole["pixel_ap"],
-            "body_auroc": _pair_metric(auroc, anomaly[body], truth[body]),
-            "body_ap": _pair_metric(average_precision, anomaly[body], truth[body]),
+            "body_auroc": _pair_metric(auroc, body_scores, body_truth),
+            "body_ap": _pair_metric(average_precision, body_scores, body_truth),
             "voxel_aupro": whole["pixel_aupro"],
             "slice_auroc": _pair_metric(auroc, filled, truth_slices),
             "slice_ap": _pair_metric(average_precision, filled, truth_slices),
@@ -160,10 +167,7 @@ class CohortTally:
     def pooled(self) -> dict[str, float]:
         """The cohort's metrics: voxels from the histograms, slices pooled, Dice and IoU from summed counts."""
         voxels, body = self.voxels.compute(), self.body.compute()
-        known = [s for s in self.slice_scores if s is not None]
-        floor = min(known) if known else 0.0
-        scores = np.array([floor if s is None else s for s in self.slice_scores], dtype=np.float64)
-        truth = np.array(self.slice_truth, dtype=bool)
+        scores, truth = fill_skipped(self.slice_scores), np.array(self.slice_truth, dtype=bool)
         slices = image_metrics(scores, truth) if 0 < truth.sum() < truth.size else {}
         dice, iou = dice_iou(*self.counts)
         return {"voxel_auroc": voxels["voxel_auroc"], "voxel_ap": voxels["voxel_ap"],
@@ -221,8 +225,6 @@ def _write_scan_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def _write_curves(tally: CohortTally, pooled: dict[str, float], out_dir: Path) -> list[Path]:
     """ROC/PR PNGs of the pooled voxels (whole and body) and slices."""
-    from .metrics import curve_points
-
     written = []
     for name, accumulator, prefix in (("voxel", tally.voxels, "voxel"), ("voxel_body", tally.body, "body")):
         points = accumulator.curve_points()
@@ -230,10 +232,8 @@ def _write_curves(tally: CohortTally, pooled: dict[str, float], out_dir: Path) -
             written.append(plot_curves(points, f"pooled {name.replace('_', ' over the ')}",
                                        out_dir / "curves" / f"{name}.png", pooled[f"{prefix}_auroc"],
                                        pooled[f"{prefix}_ap"]))
-    known = [s for s in tally.slice_scores if s is not None]
-    if known:
-        scores = np.array([min(known) if s is None else s for s in tally.slice_scores])
-        points = curve_points(scores, np.array(tally.slice_truth))
+    if any(s is not None for s in tally.slice_scores):
+        points = curve_points(fill_skipped(tally.slice_scores), np.array(tally.slice_truth))
         if points is not None:
             written.append(plot_curves(points, "pooled slices", out_dir / "curves" / "slice.png",
                                        pooled["slice_auroc"], pooled["slice_ap"]))

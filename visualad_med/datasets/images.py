@@ -206,22 +206,23 @@ def letterbox_image(
     check_normalisation(image_size, mean, std)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
-    resizer = ResizeLongestPad(image_size)
-    tensor = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-    padded = resizer(tensor)
-    info = padded.applied_operations[-1]["extra_info"] if hasattr(padded, "applied_operations") else None
-    (top, left), (height, width) = _placement(image.shape[:2], image_size) if info is None else (info["pad"],
-                                                                                                  info["resized"])
+    padded = ResizeLongestPad(image_size)(torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None])
+    info = padded.applied_operations[-1]["extra_info"]  # the trace ResizeLongestPad.inverse reads
+    (top, left), (height, width) = info["pad"], info["resized"]
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return ((torch.as_tensor(padded)[0] - mean_t) / std_t).contiguous(), (int(top), int(left), int(height), int(width))
 
 
-def _placement(shape: tuple[int, int], image_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``((top, left), (height, width))`` of an ``(H, W)`` image letterboxed into ``S x S`` (MONAI's rounding)."""
-    scale = image_size / max(shape)
-    height, width = (max(1, int(round(side * scale))) for side in shape)
-    return ((image_size - height) // 2, (image_size - width) // 2), (height, width)
+def to_model_input(
+    image: np.ndarray, image_size: int, mean: tuple[float, float, float], std: tuple[float, float, float],
+    resize: str
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """An RGB ``uint8`` image as the model's normalised ``(3, S, S)`` input under ``resize`` (``pad`` or
+    ``squash``), with ``(top, left, height, width)`` of the image inside the square."""
+    if resize == "pad":
+        return letterbox_image(image, image_size, mean, std)
+    return image_to_tensor(image, image_size, mean, std), (0, 0, image_size, image_size)
 
 
 def letterbox_mask(mask: np.ndarray, image_size: int, placement: tuple[int, int, int, int]) -> torch.Tensor:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from visualad_med.datasets.images import RESIZE_POLICIES, check_normalisation, image_size_of, image_to_tensor
-from visualad_med.datasets.images import letterbox_image, letterbox_mask, mask_to_tensor
+from visualad_med.datasets.images import RESIZE_POLICIES, check_normalisation, image_size_of, letterbox_mask
+from visualad_med.datasets.images import mask_to_tensor, to_model_input
 from visualad_med.datasets.images import read_mask, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -285,10 +285,7 @@ class AnomalyDataset(Dataset):
             skip_unreadable(self._skipped, current, err)
             return None
         size = self.image_size
-        if self.resize == "pad":
-            image_tensor, placement = letterbox_image(image, size, self.mean, self.std)
-        else:
-            image_tensor, placement = image_to_tensor(image, size, self.mean, self.std), (0, 0, size, size)
+        image_tensor, placement = to_model_input(image, size, self.mean, self.std, self.resize)
         if mask is None:
             mask_tensor = torch.zeros(size, size, dtype=torch.float32)
         elif self.resize == "pad":

@@ -99,3 +99,12 @@ def folder_pairs(scans: str | Path, labels: str | Path) -> list[VolumePair]:
         raise ValueError(f"no scan under {scans} has a label under {labels} (a label is named like its scan, "
                          f"optionally ending in {', '.join(end for end in LABEL_SUFFIXES if end)})")
     return pairs
+
+
+def labelled_volumes(data: str | Path, labels: str | Path | None = None, split: str | None = None
+                     ) -> list[VolumePair]:
+    """``data`` scans matched with ``labels`` when given, else the ``split`` list (default ``training``)
+    of the Decathlon folder ``data``."""
+    if labels:
+        return folder_pairs(data, labels)
+    return decathlon_pairs(data, split or "training")
