@@ -1,6 +1,6 @@
 """Training throughput (images per second) and peak memory of the auxiliary stage on this machine.
 
-Times ``visualad_med.training.train_step`` (forward, the three losses, backward
+Times ``visualad_med.training.loop.train_step`` (forward, the three losses, backward
 through the frozen blocks into the tokens, AdamW step) on random batches, fp32
 and bf16 autocast, best of ``--steps`` after one warm-up step. Peak memory is
 the process's maximum resident set size (``resource.getrusage``), which
@@ -18,7 +18,7 @@ import time
 import torch
 
 from visualad_med import build_model
-from visualad_med.training import TrainConfig, make_optimizer, train_step
+from visualad_med.training.loop import TrainConfig, make_optimizer, train_step
 
 
 def main() -> None:

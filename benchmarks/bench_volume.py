@@ -1,6 +1,6 @@
 """Slices per second of the whole volume pipeline against the model alone, and peak memory of a long CT.
 
-Pipeline: :func:`visualad_med.scan_run.process_scan`, i.e. read the scan, window, slice, run the
+Pipeline: :func:`visualad_med.inference.folder.process_scan`, i.e. read the scan, window, slice, run the
 model, reassemble the map on the voxel grid, write the NIfTI map and mask, the seg.nrrd (and the
 DICOM SEG for DICOM input) and the report. Model alone: the same model on the very slices the
 pipeline feeds it (recorded on a first pass), in the same batches, under ``torch.inference_mode``
@@ -36,10 +36,10 @@ from monai.data import MetaTensor
 from torch import nn
 
 from visualad_med import build_model
-from visualad_med.inference import SliceInferer
-from visualad_med.runtime import autocast, resolve_device
-from visualad_med.scan_run import RunSettings, process_scan
-from visualad_med.volumes import ScanSource, find_scans, load_scan
+from visualad_med.inference.slices import SliceInferer
+from visualad_med.model.devices import autocast, resolve_device
+from visualad_med.inference.folder import RunSettings, process_scan
+from visualad_med.io import ScanSource, find_scans, load_scan
 
 CQ500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "cq500_head_ct_dicom"
 MEMORY_BUDGET_GB = 3.0

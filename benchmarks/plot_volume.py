@@ -21,7 +21,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from visualad_med.transforms import WindowIntensity, slice_layout  # noqa: E402
-from visualad_med.volumes import load_scan  # noqa: E402
+from visualad_med.io import load_scan  # noqa: E402
 
 PLANES = ("axial", "coronal", "sagittal")
 BODY = 0.05

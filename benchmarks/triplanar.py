@@ -25,9 +25,9 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from visualad_med import build_model, load_model
-from visualad_med.inference import SliceInferer
-from visualad_med.runtime import resolve_device
-from visualad_med.volumes import find_scans, load_scan, write_nifti
+from visualad_med.inference.slices import SliceInferer
+from visualad_med.model.devices import resolve_device
+from visualad_med.io import find_scans, load_scan, write_nifti
 
 CQ500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "cq500_head_ct_dicom"
 PLANES = ("axial", "coronal", "sagittal")

@@ -5,7 +5,7 @@ self-similarity map; ``combined`` maps with several weights are their sums
 (upsampling and smoothing are linear), so every row comes from the same pass.
 Rows: ``w=0`` is the head alone (visualad), ``w=inf`` self-similarity alone.
 ``--map-reference body`` re-references every row's map to its image's body
-median (:mod:`visualad_med.reference`) after mixing; by default each head's own setting.
+median (:mod:`visualad_med.model.body_reference`) after mixing; by default each head's own setting.
 
     python benchmarks/zero_shot_table.py --head bundles/visualad_zsad/models/visualad_head.safetensors
     python benchmarks/zero_shot_table.py --head untrained --backbone dinov2-s14-224
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from visualad_med import build_model, checkpoint, load_model
+from visualad_med import build_model, load_model
+from visualad_med.model import checkpoint
 from visualad_med.datasets import build_dataset, collate_skip_invalid
-from visualad_med.metrics import PixelMetricAccumulator, image_metrics
-from visualad_med.model import top_fraction_mean, upsample_scores
-from visualad_med.reference import BODY_LEVEL, body_mask, reference_to_body
+from visualad_med.evaluation.metrics import PixelMetricAccumulator, image_metrics
+from visualad_med.model.visualad import top_fraction_mean, upsample_scores
+from visualad_med.model.body_reference import BODY_LEVEL, body_mask, reference_to_body
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

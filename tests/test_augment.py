@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visualad_med.augment import AugmentedDataset, invert, parse_augmentations, shrink_pad
+from visualad_med.training.augment import AugmentedDataset, invert, parse_augmentations, shrink_pad
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

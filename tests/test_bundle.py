@@ -28,10 +28,10 @@ from bad_inputs import write_dicom_series
 from builders import make_mvfa, make_mvtec
 from test_volume_evaluation import make_decathlon
 from conftest import SHARED
-from visualad_med.bundle import BundleConfigError, example_scan, scan_datalist
-from visualad_med.cli import main
-from visualad_med.model import build_model
-from visualad_med.runtime import file_sha256
+from visualad_med.apps.bundle import BundleConfigError, example_scan, scan_datalist
+from visualad_med.apps.cli import main
+from visualad_med.model.visualad import build_model
+from visualad_med.io.hashing import file_sha256
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "visualad_zsad"
 CONFIGS = BUNDLE / "configs"

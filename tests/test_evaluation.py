@@ -17,13 +17,13 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from builders import make_mvfa, write_defect, write_normal
 from conftest import tiny_vit
-from visualad_med.cli import main
+from visualad_med.apps.cli import main
 from visualad_med.datasets import MVFADataset, write_meta_json
-from visualad_med.evaluation import evaluate
-from visualad_med.metrics import PixelMetricAccumulator, curve_points, image_metrics
-from visualad_med.model import build_model
-from visualad_med.report import markdown_table, percent_cell
-from visualad_med.runtime import file_sha256
+from visualad_med.evaluation.images import evaluate
+from visualad_med.evaluation.metrics import PixelMetricAccumulator, curve_points, image_metrics
+from visualad_med.model.visualad import build_model
+from visualad_med.evaluation.report import markdown_table, percent_cell
+from visualad_med.io.hashing import file_sha256
 
 NO_MASKS = "n/a (no masks)"
 

@@ -1,6 +1,6 @@
 """``visualad-med infer`` end to end: scan folders in, Slicer-ready volumes out, with a tiny random model.
 
-Every test calls ``visualad_med.cli.main(["infer", ...])`` the way a user runs the command, on scans
+Every test calls ``visualad_med.apps.cli.main(["infer", ...])`` the way a user runs the command, on scans
 written here: an oblique DICOM series, an oblique NIfTI, a stray slice, the broken-input corpus of
 ``bad_inputs.py``. Geometry is compared with SimpleITK's reading of the input to 1e-4.
 """
@@ -29,10 +29,10 @@ from monai.data import MetaTensor
 from monai.data.utils import orientation_ras_lps
 from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
-from visualad_med.cli import main
-from visualad_med.inference import SliceInferer, scan_scores
-from visualad_med.model import VisualAD, build_model
-from visualad_med.volumes import DicomSeries, ScanSource, find_scans, load_scan
+from visualad_med.apps.cli import main
+from visualad_med.inference.slices import SliceInferer, scan_scores
+from visualad_med.model.visualad import VisualAD, build_model
+from visualad_med.io import DicomSeries, ScanSource, find_scans, load_scan
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
          "--image-size", "32", "--device", "cpu", "--scoring", "visualad"]
@@ -281,7 +281,7 @@ def test_read_only_output_folder_is_reported_and_nothing_written(tmp_path):
     out = tmp_path / "out"
     out.mkdir(mode=0o555)
     before = checksums(tmp_path / "in")
-    command = [sys.executable, "-m", "visualad_med.cli", "infer", str(tmp_path / "in"), str(out), *MODEL]
+    command = [sys.executable, "-m", "visualad_med.apps.cli", "infer", str(tmp_path / "in"), str(out), *MODEL]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                             preexec_fn=_without_root_file_access)
     out.chmod(0o755)
@@ -390,7 +390,7 @@ def test_percentile_window_of_a_mostly_blank_volume_scales_min_to_max(caplog, br
 
 
 def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, monkeypatch):
-    from visualad_med.scan_run import run_scans
+    from visualad_med.inference.folder import run_scans
 
     (tmp_path / "only.nii.gz").write_bytes(b"")
     scans = [ScanSource("only", "nifti", (tmp_path / "only.nii.gz",))]

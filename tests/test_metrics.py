@@ -1,4 +1,4 @@
-"""Tests for visualad_med.metrics against scikit-learn and a slow AUPRO reference."""
+"""Tests for visualad_med.evaluation.metrics against scikit-learn and a slow AUPRO reference."""
 
 import logging
 import math
@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from visualad_med import metrics
-from visualad_med.metrics import (
+from visualad_med.evaluation import metrics
+from visualad_med.evaluation.metrics import (
     PixelMetricAccumulator,
     aupro,
     auroc,
@@ -130,7 +130,7 @@ def test_image_metrics_single_positive_and_negative_zero():
 
 @pytest.mark.parametrize("label", [0, 1])
 def test_image_metrics_one_class_missing_is_nan(label, caplog):
-    with caplog.at_level(logging.WARNING, logger="visualad_med.metrics"):
+    with caplog.at_level(logging.WARNING, logger="visualad_med.evaluation.metrics"):
         result = image_metrics(np.array([0.1, 0.2, 0.3]), np.full(3, label))
     assert all(math.isnan(v) for v in result.values())
     assert "both classes are needed" in caplog.text
@@ -280,7 +280,7 @@ def test_float64_maps_are_scored_as_float32():
 def test_pixel_one_class_missing_is_nan(fill, caplog):
     accumulator = PixelMetricAccumulator()
     accumulator.update(np.random.default_rng(0).random((2, 5, 5)), np.full((2, 5, 5), fill))
-    with caplog.at_level(logging.WARNING, logger="visualad_med.metrics"):
+    with caplog.at_level(logging.WARNING, logger="visualad_med.evaluation.metrics"):
         result = accumulator.compute()
     assert set(result) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
     assert all(math.isnan(v) for v in result.values())

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from conftest import tiny_vit
 from visualad_med import BackboneWeightsError, HeadCheckpointError, build_model
-from visualad_med.smoothing import GaussianSmoothing
-from visualad_med.weights import backbone_state, weights_sha256
+from visualad_med.model.smoothing import GaussianSmoothing
+from visualad_med.model.weights import backbone_state, weights_sha256
 
 
 @pytest.fixture

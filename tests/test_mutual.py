@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from builders import make_mvfa
-from visualad_med.cli import main
-from visualad_med.cohort import CohortSettings, fuse_patch_scores
-from visualad_med.mutual import (
+from visualad_med.apps.cli import main
+from visualad_med.model.cohort import CohortSettings, fuse_patch_scores
+from visualad_med.model.mutual import (
     cohort_scores,
     interval_average,
     nearest_candidates,

@@ -9,7 +9,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from visualad_med import build_model
-from visualad_med.losses import visualad_losses
+from visualad_med.training.losses import visualad_losses
 
 CASES = ["grid14_native", "grid18_resized_pos"]
 

@@ -7,8 +7,8 @@ import torch
 
 from conftest import tiny_vit
 from visualad_med import build_model
-from visualad_med.model import upsample_scores
-from visualad_med.selfsim import default_layers, self_similarity_scores
+from visualad_med.model.visualad import upsample_scores
+from visualad_med.model.selfsim import default_layers, self_similarity_scores
 
 
 def test_the_odd_patch_out_scores_highest():

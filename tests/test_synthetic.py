@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from visualad_med.datasets import MVTecDataset, read_rgb
-from visualad_med.synthetic import (
+from visualad_med.training.synthetic import (
     SKIMAGE_PHOTOS,
     SYNTHETIC_KINDS,
     VISIBLE_LEVELS,

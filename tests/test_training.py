@@ -17,11 +17,11 @@ import torch
 from builders import make_mvtec, write_defect
 from conftest import tiny_vit
 from visualad_med import build_model
-from visualad_med.calibration import f1_max_threshold
-from visualad_med.cli import main
+from visualad_med.training.calibration import f1_max_threshold
+from visualad_med.apps.cli import main
 from visualad_med.datasets import MVTecDataset
-from visualad_med import training
-from visualad_med.training import TrainConfig, cosine_factor, make_optimizer, train, train_step
+from visualad_med.training import loop as training
+from visualad_med.training.loop import TrainConfig, cosine_factor, make_optimizer, train, train_step
 
 TINY_CLI = ["--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random", "--image-size", "32",
             "--taps", "6,12", "--batch-size", "4"]
@@ -140,7 +140,7 @@ def test_cli_bad_training_data_gives_a_clear_error(tmp_path, caplog, case, messa
 
 def test_torchrun_trains_with_two_processes(tmp_path):
     root = make_mvtec(tmp_path / "data")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "visualad_med.cli",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "visualad_med.apps.cli",
                "train", "--data", str(root), "--layout", "mvtec", "--out", str(tmp_path / "run"), "--epochs", "1",
                "--batch-size", "2", *TINY_CLI[:-2]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,

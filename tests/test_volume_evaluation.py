@@ -16,9 +16,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from visualad_med.binned_metrics import BinnedVoxelMetrics, region_weights
-from visualad_med.cli import main
-from visualad_med.metrics import PixelMetricAccumulator
+from visualad_med.evaluation.binned import BinnedVoxelMetrics, region_weights
+from visualad_med.apps.cli import main
+from visualad_med.evaluation.metrics import PixelMetricAccumulator
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
          "--image-size", "32", "--device", "cpu", "--scoring", "visualad"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from bad_inputs import BadInput, build_bad_inputs
 
-from visualad_med.volumes import ScanLoadError, ScanSource, find_scans, load_scan
+from visualad_med.io import ScanLoadError, ScanSource, find_scans, load_scan
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[BadInput]:
 def _outcome(case: BadInput, caplog: pytest.LogCaptureFixture) -> str | None:
     """``None`` when ``case`` is reported as documented, else what happened instead."""
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="visualad_med.volumes"):
+    with caplog.at_level(logging.DEBUG, logger="visualad_med.io"):
         scans = find_scans(case.path)
     if case.skipped:
         if scans or case.reason not in caplog.text:

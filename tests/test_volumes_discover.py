@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
-from visualad_med.volumes import DicomSeries, ScanSource, find_scans, load_scan, write_dicom_seg, write_seg_nrrd
+from visualad_med.io import DicomSeries, ScanSource, find_scans, load_scan, write_dicom_seg, write_seg_nrrd
 
 
 def _pixels(slices: int) -> np.ndarray:
@@ -62,7 +62,7 @@ def scan_tree(tmp_path: Path) -> Path:
 
 
 def test_find_scans_groups_series_and_skips_non_scans(scan_tree: Path, caplog: pytest.LogCaptureFixture):
-    with caplog.at_level(logging.DEBUG, logger="visualad_med.volumes.discover"):
+    with caplog.at_level(logging.DEBUG, logger="visualad_med.io.discover"):
         scans = find_scans(scan_tree)
     dicom = [s for s in scans if s.kind == "dicom"]
     assert sorted(len(s.files) for s in dicom) == [5, 6]

@@ -23,7 +23,7 @@ from bad_inputs import oblique_orientation, write_dicom_series
 from monai.data.utils import orientation_ras_lps
 from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
-from visualad_med.volumes import (
+from visualad_med.io import (
     DicomSeries,
     ScanLoadError,
     find_scans,
@@ -34,7 +34,7 @@ from visualad_med.volumes import (
     write_seg_nrrd,
     write_summary_csv,
 )
-from visualad_med.volumes.sitk_reader import sitk_affine
+from visualad_med.io.sitk_reader import sitk_affine
 
 ROWS, COLUMNS, SLICES = 20, 24, 8
 BLOB = (slice(3, 6), slice(7, 11), 5)  # rows, columns, slice of the synthetic series

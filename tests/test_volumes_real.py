@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from monai.data.utils import orientation_ras_lps
 
-from visualad_med.volumes import (
+from visualad_med.io import (
     DicomSeries,
     ScanLoadError,
     find_scans,
@@ -20,7 +20,7 @@ from visualad_med.volumes import (
     write_nifti,
     write_seg_nrrd,
 )
-from visualad_med.volumes.sitk_reader import sitk_affine
+from visualad_med.io.sitk_reader import sitk_affine
 
 VOLUMES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "volumes"
 CQ500 = VOLUMES / "cq500_head_ct_dicom"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from visualad_med.datasets.images import (
+from visualad_med.io.images import (
     IMAGE_EXTENSIONS,
     image_to_tensor,
     list_images,

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from visualad_med.datasets.images import IMAGE_EXTENSIONS, list_images
+from visualad_med.io.images import IMAGE_EXTENSIONS, list_images
 from visualad_med.datasets.samples import LayoutDataset, SampleRecord, check_choice, select_classes
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Layout::
     <root>/<class>/test/<defect>/<stem>.png             anomalous
     <root>/<class>/ground_truth/<defect>/<stem>_mask.png
 
-Images may have any extension in :data:`~visualad_med.datasets.images.IMAGE_EXTENSIONS`;
+Images may have any extension in :data:`~visualad_med.io.images.IMAGE_EXTENSIONS`;
 ``root`` may also be a single ``<class>`` folder.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from visualad_med.datasets.images import IMAGE_EXTENSIONS, list_images
+from visualad_med.io.images import IMAGE_EXTENSIONS, list_images
 from visualad_med.datasets.samples import LayoutDataset, SampleRecord, check_choice, select_classes
 
 MVTEC_SPLITS: tuple[str, ...] = ("train", "test")

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from visualad_med.datasets.images import RESIZE_POLICIES, check_normalisation, image_size_of, letterbox_mask
-from visualad_med.datasets.images import mask_to_tensor, to_model_input
-from visualad_med.datasets.images import read_mask, read_rgb
+from visualad_med.io.images import RESIZE_POLICIES, check_normalisation, image_size_of, letterbox_mask
+from visualad_med.io.images import mask_to_tensor, to_model_input
+from visualad_med.io.images import read_mask, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class AnomalyDataset(Dataset):
         missing_mask: ``"error"`` or ``"skip"``, see :func:`check_masks`.
         name: short description used in logs and errors.
         resize: ``squash`` (to ``S x S``) or ``pad`` (aspect kept, padded to a square, as volume
-            slices are); see :data:`~visualad_med.datasets.images.RESIZE_POLICIES`.
+            slices are); see :data:`~visualad_med.io.images.RESIZE_POLICIES`.
 
     Attributes:
         records: the checked records, in a fixed (sorted) order.

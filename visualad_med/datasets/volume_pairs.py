@@ -6,7 +6,7 @@ Medical Segmentation Decathlon layout (read with MONAI's ``load_decathlon_datali
     <root>/imagesTr/<case>.nii.gz
     <root>/labelsTr/<case>.nii.gz
 
-Two folders: every scan under ``scans/`` (any format :func:`~visualad_med.volumes.find_scans`
+Two folders: every scan under ``scans/`` (any format :func:`~visualad_med.io.find_scans`
 reads) is matched by name with a label file under ``labels/`` called ``<name>`` or
 ``<name>_label``, ``_labels``, ``_seg``, ``_mask`` (any volume extension).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
-from visualad_med.volumes import ScanSource, find_scans
+from visualad_med.io import ScanSource, find_scans
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ flat keys with these pieces:
 - :func:`scan_datalist`: the scans of ``dataset_dir``, or the example scan when it is unset
   (:func:`example_scan`);
 - :class:`LoadScand` (preprocessing) and :class:`WriteScanOutputsd` (postprocessing) around
-  :mod:`visualad_med.scan_run`, and :class:`ScanFolderEvaluator`, the workflow ``run`` calls;
+  :mod:`visualad_med.inference.folder`, and :class:`ScanFolderEvaluator`, the workflow ``run`` calls;
 - :func:`run_training` and :func:`run_evaluation` for the other two configs.
 
 A config value that cannot work ends the run with :class:`BundleConfigError`: one line naming
@@ -31,25 +31,26 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from torch import nn
 
-from .checkpoint import HeadCheckpointError
-from .cohort import COHORT_THRESHOLD, CohortSettings
-from .cohort_run import CohortMaps
-from .img_focus import cache_dir
-from .inference import SliceInferer, check_planes
-from .model import VisualAD, build_model, load_model
-from .runtime import BUNDLED_HEAD, file_sha256
-from .runtime import resolve_device as _resolve_device
-from .scan_run import RunSettings, mask_threshold as _mask_threshold
-from .scan_run import cohort_report, run_scans, write_scan_outputs
-from .transforms import resolve_window
-from .volumes import ScanSource, find_scans, load_scan, write_nifti
-from .weights import BackboneWeightsError
+from visualad_med.model.checkpoint import HeadCheckpointError
+from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
+from visualad_med.inference.cohort import CohortMaps
+from visualad_med.model.img_focus import cache_dir
+from visualad_med.inference.slices import SliceInferer, check_planes
+from visualad_med.model.visualad import VisualAD, build_model, load_model
+from visualad_med.io.hashing import file_sha256
+from visualad_med.model.checkpoint import SHIPPED_HEAD, shipped_head
+from visualad_med.model.devices import resolve_device as _resolve_device
+from visualad_med.inference.folder import RunSettings, mask_threshold as _mask_threshold
+from visualad_med.inference.folder import cohort_report, run_scans, write_scan_outputs
+from visualad_med.transforms import resolve_window
+from visualad_med.io import ScanSource, find_scans, load_scan, write_nifti
+from visualad_med.model.weights import BackboneWeightsError
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ROOT = str(BUNDLED_HEAD.parents[1])
+BUNDLE_ROOT = str(Path(__file__).resolve().parents[2] / "bundles" / "visualad_zsad")
 """The bundle folder of this checkout (``bundles/visualad_zsad``); the configs' default ``bundle_root``."""
-HEAD_FILE = "models/" + BUNDLED_HEAD.name
+HEAD_FILE = "models/" + SHIPPED_HEAD
 DEFAULT_BACKBONE = "dinov2-s14"
 UNTRAINED = "untrained"
 EXAMPLE_NAME = "mni152_t1_1mm.nii.gz"
@@ -121,7 +122,7 @@ class VisualADMapNet(nn.Module):
     """VisualAD as a plain map network: ``(B, 3, H, W)`` normalised images to ``(B, 1, H, W)`` maps.
 
     The map is the model's smoothed ``map`` (sum over tap layers of ``cos(SAF(p), a') -
-    cos(SAF(p), n')``); :attr:`model` is the :class:`~visualad_med.model.VisualAD` inside, which
+    cos(SAF(p), n')``); :attr:`model` is the :class:`~visualad_med.model.visualad.VisualAD` inside, which
     the slice inferer runs. ``head_path`` is the head file it was loaded from (``None``: untrained).
     """
 
@@ -152,9 +153,10 @@ def unwrap(network: nn.Module) -> VisualAD:
 def head_file(head: str | Path | None, bundle_root: str | Path = BUNDLE_ROOT) -> Path | None:
     """The head file ``head`` names; ``None`` for ``untrained``.
 
-    The bundle's own head (``<bundle_root>/models/visualad_head.safetensors``) falls back to an
-    untrained head with a warning while it is absent, as ``visualad-med`` does; any other missing
-    file is an error naming ``head``.
+    The bundle's own head (``<bundle_root>/models/visualad_head.safetensors``) falls back to the head
+    installed with the package while it is absent (a bundle folder fetched without its large files),
+    and to an untrained head with a warning when neither exists; any other missing file is an error
+    naming ``head``.
     """
     if head is None or str(head) == UNTRAINED:
         return None
@@ -162,6 +164,11 @@ def head_file(head: str | Path | None, bundle_root: str | Path = BUNDLE_ROOT) ->
     if path.is_file():
         return path
     if path.resolve() == (Path(bundle_root) / HEAD_FILE).resolve():
+        installed = shipped_head()
+        if installed is not None:
+            logger.info("the bundle's head %s is absent: using the head installed with visualad-med, %s", path,
+                        installed)
+            return installed
         logger.warning("the bundle's trained head %s is absent: running an UNTRAINED head, whose maps mean "
                        "nothing; set --head FILE (or --head untrained to silence this)", path)
         return None
@@ -201,7 +208,7 @@ def build_network(
         head: head file, or ``untrained``; see :func:`head_file`.
         image_size: input side in pixels for an untrained head (a head brings its own).
         scoring: ``visualad``, ``selfsim`` or ``combined``; default the head's.
-        map_reference: ``none`` or ``body`` (:mod:`visualad_med.reference`); default the head's.
+        map_reference: ``none`` or ``body`` (:mod:`visualad_med.model.body_reference`); default the head's.
         bundle_root: the bundle folder (to recognise its own head).
 
     Raises:
@@ -243,7 +250,7 @@ def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str 
                     planes: str | Sequence[str] = "axial") -> CohortSettings | None:
     """The inference config's cohort (``scoring`` ``mutual``/``visualad+mutual``; ``None``: the default cohort of a
     run of two or more scans; ``"none"``: the head alone) or few-shot references, or None."""
-    from .cohort_run import cohort_from_options
+    from visualad_med.inference.cohort import cohort_from_options
 
     if scoring == NO_COHORT:
         return None
@@ -313,7 +320,7 @@ def scan_datalist(dataset_dir: str | Path | None, output_dir: str | Path) -> lis
 
 
 class LoadScand(MapTransform):
-    """Load ``data[key]`` (a :class:`~visualad_med.volumes.ScanSource` or path) with :func:`load_scan`.
+    """Load ``data[key]`` (a :class:`~visualad_med.io.ScanSource` or path) with :func:`load_scan`.
 
     The volume is a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine, read through
     MONAI's ``LoadImage`` with the library's readers; the source goes to ``data["source"]``.
@@ -335,7 +342,7 @@ class WriteScanOutputsd(MapTransform):
     """Write a scan's outputs as ``visualad-med infer`` does; the report goes to ``data["report"]``.
 
     Reads ``source``, ``image`` (the volume), ``pred`` (``(X, Y, Z)`` map), ``mask``,
-    ``slice_scores`` and ``times`` from the data; see :func:`visualad_med.scan_run.write_scan_outputs`.
+    ``slice_scores`` and ``times`` from the data; see :func:`visualad_med.inference.folder.write_scan_outputs`.
 
     Args:
         output_dir: output folder.
@@ -385,7 +392,7 @@ class ScanFolderEvaluator:
         output_dir: output folder.
         network: :class:`VisualADMapNet` (or :class:`VisualAD`) on its device.
         preprocessing: ``{"image": ScanSource}`` -> ``{"image": volume, "source": ...}``.
-        inferer: a :class:`~visualad_med.inference.SliceInferer`.
+        inferer: a :class:`~visualad_med.inference.slices.SliceInferer`.
         postprocessing: thresholding and writers; must leave the report in ``data["report"]``.
         overwrite: redo scans that already have a report.
         progress: show progress bars.
@@ -467,7 +474,7 @@ VOLUME_LAYOUT = "msd"
 
 def require_layout(layout: str) -> str:
     """``layout`` if it is a known data set layout (2D ones and ``msd``), else :class:`BundleConfigError`."""
-    from .datasets import LAYOUTS
+    from visualad_med.datasets import LAYOUTS
 
     if layout not in (*LAYOUTS, VOLUME_LAYOUT):
         raise BundleConfigError("layout", f"unknown data set layout {layout!r}; set --layout to one of "
@@ -476,7 +483,7 @@ def require_layout(layout: str) -> str:
 
 
 def _dataset(model: VisualAD, dataset_dir, layout, split, classes=None, missing_mask="error"):
-    from .datasets import build_dataset
+    from visualad_med.datasets import build_dataset
 
     try:
         config = model.config
@@ -517,7 +524,7 @@ def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synt
                   synthetic_base: Sequence[str] | str | None = None, augment: str | None = None,
                   augment_probability: float = 0.5, seed: int = 111):
     """``dataset`` with synthetic anomalies and augmentations mixed in, as ``visualad-med train`` does."""
-    from .auxiliary import build_auxiliary_set
+    from visualad_med.training.auxiliary import build_auxiliary_set
 
     if isinstance(synthetic, (list, tuple)):
         synthetic = ",".join(synthetic)
@@ -539,13 +546,13 @@ def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synt
 
 def run_training(network: VisualAD, dataset, output_dir, config, device, calibration_set=None, resume: bool = False,
                  provenance: dict | None = None, balance_classes: bool | None = None) -> Path:
-    """:func:`visualad_med.training.train` with the bundle's command recorded; returns the final head's path.
+    """:func:`visualad_med.training.loop.train` with the bundle's command recorded; returns the final head's path.
 
     ``balance_classes`` draws every class of ``calibration_set`` (the industrial set) equally often;
     ``None``: when it holds more than one class.
     """
-    from .datasets import class_balanced_weights
-    from .training import train
+    from visualad_med.datasets import class_balanced_weights
+    from visualad_med.training.loop import train
 
     if not output_dir:
         raise BundleConfigError("output_dir", "not set; set --output_dir")
@@ -568,10 +575,10 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
                    device: str | torch.device = "auto", workers: int = 0, labels_dir: str | None = None,
                    window: str | Sequence[float] = "auto", planes: str | Sequence[str] = "axial",
                    threshold: float | None = None, cohort_scoring: str | None = None) -> dict:
-    """:func:`visualad_med.evaluation.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA), or, for
-    ``layout`` ``msd`` or a ``labels_dir``, :func:`visualad_med.volume_evaluation.evaluate_volumes`."""
-    from .evaluation import evaluate
-    from .report import markdown_table
+    """:func:`visualad_med.evaluation.images.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA), or, for
+    ``layout`` ``msd`` or a ``labels_dir``, :func:`visualad_med.evaluation.volumes.evaluate_volumes`."""
+    from visualad_med.evaluation.images import evaluate
+    from visualad_med.evaluation.report import markdown_table
 
     if not output_dir:
         raise BundleConfigError("output_dir", "not set; set --output_dir")
@@ -598,8 +605,8 @@ def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, spl
 def _run_volume_evaluation(network: nn.Module, dataset_dir, labels_dir, output_dir, split: str, batch_size: int,
                            window, planes, threshold: float | None, cohort_scoring: str | None) -> dict:
     """Volumes against label volumes: a Decathlon folder, or ``dataset_dir`` scans matched with ``labels_dir``."""
-    from .datasets.volume_pairs import labelled_volumes
-    from .volume_evaluation import evaluate_volumes
+    from visualad_med.datasets.volume_pairs import labelled_volumes
+    from visualad_med.evaluation.volumes import evaluate_volumes
 
     require_dir(dataset_dir)
     try:

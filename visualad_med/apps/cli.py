@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .backbone import PRESETS
+from visualad_med.model.backbone import PRESETS
 
 logger = logging.getLogger("visualad_med")
 
@@ -83,22 +83,22 @@ def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str, several: 
 
 def head_path(args: argparse.Namespace) -> Path | None:
     """The head ``--head`` names: a file, the bundled head by default, ``None`` for an untrained head."""
-    from .runtime import default_head
+    from visualad_med.model.checkpoint import shipped_head
 
     if args.head == UNTRAINED:
         return None
     if args.head is None:
-        found = default_head()
+        found = shipped_head()
         if found is None:
-            logger.warning("no --head given and no bundled head found: using an untrained head")
+            logger.warning("no --head given and the shipped head is not installed: using an untrained head")
         return found
     return Path(args.head)
 
 
 def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings=None, resize: str = "pad"):
     """The cohort settings of ``--scoring mutual|visualad+mutual``, ``--reference`` or ``--reference-bank``
-    (:func:`visualad_med.cohort_run.cohort_from_options`), else ``None``; ``run_settings`` for volume runs."""
-    from .cohort_run import cohort_from_options
+    (:func:`visualad_med.inference.cohort.cohort_from_options`), else ``None``; ``run_settings`` for volume runs."""
+    from visualad_med.inference.cohort import cohort_from_options
 
     return cohort_from_options(model, args.scoring, args.reference, args.reference_bank, Path(out_dir), run_settings,
                                resize, fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
@@ -114,7 +114,7 @@ def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
 
 def load_cli_model(args: argparse.Namespace):
     """The model named by ``--head``, ``--backbone``, ``--backbone-weights`` and ``--image-size``."""
-    from .model import build_model, load_model
+    from visualad_med.model.visualad import build_model, load_model
 
     head = head_path(args)
     if head is None:
@@ -130,8 +130,8 @@ def load_cli_model(args: argparse.Namespace):
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from .runtime import resolve_device
-    from .scan_run import RunSettings, run_folder
+    from visualad_med.model.devices import resolve_device
+    from visualad_med.inference.folder import RunSettings, run_folder
 
     device = resolve_device(args.device)
     model = load_cli_model(args).to(device)
@@ -153,8 +153,8 @@ def _window(text: str) -> str | tuple[float, float]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict2d import predict_files
-    from .runtime import resolve_device
+    from visualad_med.inference.images import predict_files
+    from visualad_med.model.devices import resolve_device
 
     _refuse_cohort(args, "predict")
     model = load_cli_model(args)
@@ -164,11 +164,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .auxiliary import build_auxiliary_set
-    from .datasets import build_dataset, class_balanced_weights
-    from .model import build_model
-    from .runtime import resolve_device
-    from .training import TrainConfig, train
+    from visualad_med.training.auxiliary import build_auxiliary_set
+    from visualad_med.datasets import build_dataset, class_balanced_weights
+    from visualad_med.model.visualad import build_model
+    from visualad_med.model.devices import resolve_device
+    from visualad_med.training.loop import TrainConfig, train
 
     model = build_model(args.backbone, backbone_weights=args.backbone_weights, image_size=args.image_size,
                         taps=tuple(int(t) for t in args.taps.split(",")) if args.taps else None, seed=args.seed)
@@ -198,9 +198,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate_threshold
-    from .datasets import build_dataset
-    from .runtime import resolve_device
+    from visualad_med.training.calibration import calibrate_threshold
+    from visualad_med.datasets import build_dataset
+    from visualad_med.model.devices import resolve_device
 
     _refuse_cohort(args, "calibrate")
     device = resolve_device(args.device)
@@ -221,7 +221,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _make_meta(args: argparse.Namespace) -> int:
-    from .datasets import write_meta_json
+    from visualad_med.datasets import write_meta_json
 
     path = write_meta_json(args.root, args.layout, args.output)
     logger.info("wrote %s", path)
@@ -235,8 +235,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--layout is needed (mvfa, meta, mvtec, visa or msd), or --labels for a folder of scans")
     import time
 
-    from .evaluation import DEFAULT_RESIZE, evaluate
-    from .report import markdown_table
+    from visualad_med.evaluation.images import DEFAULT_RESIZE, evaluate
+    from visualad_med.evaluation.report import markdown_table
 
     started = time.perf_counter()
     model = load_cli_model(args)
@@ -251,10 +251,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_volumes(args: argparse.Namespace) -> int:
-    from .datasets.volume_pairs import labelled_volumes
-    from .runtime import resolve_device
-    from .scan_run import RunSettings
-    from .volume_evaluation import evaluate_volumes
+    from visualad_med.datasets.volume_pairs import labelled_volumes
+    from visualad_med.model.devices import resolve_device
+    from visualad_med.inference.folder import RunSettings
+    from visualad_med.evaluation.volumes import evaluate_volumes
 
     pairs = labelled_volumes(args.data, args.labels, args.split)
     model = load_cli_model(args).to(resolve_device(args.device))
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Auxiliary training on an MVTec AD, VisA or meta.json folder (by default on its test split, "
         "as the method does). Writes checkpoints/epoch_NNN.safetensors, train_state.pt and the final "
         "head.safetensors (with a pixel threshold calibrated by F1-max on the training set) into --out. "
-        "Multi-GPU: torchrun --nproc_per_node N -m visualad_med.cli train ...",
+        "Multi-GPU: torchrun --nproc_per_node N -m visualad_med.apps.cli train ...",
     )
     _add_data_arguments(train, "mvtec, visa or meta", several=True)
     train.add_argument("--out", required=True, help="output folder")
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "crops), besides the training set's normal images: a folder of non-medical images, or "
                        "'skimage'; repeatable")
     train.add_argument("--augment", default=None,
-                       help="polarity/background augmentations: invert, shrinkpad, or all (see visualad_med.augment)")
+                       help="polarity/background augmentations: invert, shrinkpad, or all (see visualad_med.training.augment)")
     train.add_argument("--augment-probability", type=float, default=0.5, help="chance of each augmentation")
     train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast of the forward pass: auto = bf16 on CUDA, fp32 on the CPU; bf16 on a CPU "

@@ -22,9 +22,9 @@ from monai.inferers import Inferer
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from tqdm import tqdm
 
-from .model import VisualAD
-from .runtime import autocast
-from .transforms import CT_WINDOWS, PLANES, WindowIntensity, WindowSpec, anatomical_axis, slice_pipeline
+from visualad_med.model.visualad import VisualAD
+from visualad_med.model.devices import autocast
+from visualad_med.transforms import CT_WINDOWS, PLANES, WindowIntensity, WindowSpec, anatomical_axis, slice_pipeline
 
 logger = logging.getLogger(__name__)
 

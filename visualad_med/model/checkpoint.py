@@ -11,6 +11,7 @@ CLIP ViT-L/14@336 checkpoints use it too. Neither loader executes code.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import logging
 import re
@@ -21,11 +22,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_path
+from visualad_med.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "visualad_med.head/1"
+SHIPPED_HEAD = "visualad_head.safetensors"
+"""File name of the head shipped as package data (``visualad_med/model/heads/``), also the bundle's
+``models/visualad_head.safetensors``."""
 CONFIG_KEY = "visualad_config"
 
 
@@ -58,7 +62,7 @@ class HeadConfig:
         selfsim_weight: weight of the self-similarity sum in ``combined``.
         selfsim_neighbours: ``k`` nearest patches averaged by self-similarity.
         map_reference: ``none`` (the method's map) or ``body``: ``map`` minus its
-            median over the image's body (:mod:`visualad_med.reference`); the
+            median over the image's body (:mod:`visualad_med.model.body_reference`); the
             threshold refers to this map.
         training: free-form provenance (data, epochs, seed, time).
     """
@@ -195,3 +199,9 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], HeadConfig | None, dict]:
         return tensors, config, {}
     raw, info = _load_reference(path)
     return {}, None, {"raw": raw, **info}
+
+
+def shipped_head() -> Path | None:
+    """The head shipped with the package (package data, so it is found from a wheel too), if installed."""
+    found = importlib.resources.files("visualad_med.model") / "heads" / SHIPPED_HEAD
+    return Path(str(found)) if found.is_file() else None

@@ -51,7 +51,7 @@ class SimpleITKReader(ImageReader):
 
     Unlike MONAI's readers, a sequence of files is one DICOM series (the caller sorts it), not
     images stacked as channels; ITK's own slice spacing is kept in the meta but callers with
-    irregular stacks replace the affine (see :class:`~visualad_med.volumes.dicom_series.DicomSeries`).
+    irregular stacks replace the affine (see :class:`~visualad_med.io.dicom_series.DicomSeries`).
     ``get_data`` returns the array as ``(X, Y, Z)`` (or ``(X, Y, Z, C)`` for vector pixels) and
     the meta with ``affine`` (RAS unless ``affine_lps_to_ras=False``), ``original_affine``,
     ``spatial_shape``, ``space``, ``spacing``, ``original_channel_dim`` and the image's own

@@ -5,7 +5,7 @@ MONAI's convention; voxel centres at integer indices) and meta keys ``Modality``
 format has none), ``scan_name`` and MONAI's usual ``affine``, ``original_affine``,
 ``spatial_shape``, ``space``, ``filename_or_obj``. Arrays keep the file's axis order (no
 reorientation): a NIfTI as stored, a DICOM series as ``(column, row, slice)`` on the grid of
-:class:`~visualad_med.volumes.dicom_series.DicomSeries` (slices increasing along the normal).
+:class:`~visualad_med.io.dicom_series.DicomSeries` (slices increasing along the normal).
 DICOM volumes also carry ``SeriesInstanceUID``, ``gantry_tilt_deg`` and ``interpolated_slices``.
 
 Voxels that are NaN or infinite are an error, not replaced: the intensities are undefined and any
@@ -52,7 +52,7 @@ def load_scan(
     """Load one scan as a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine.
 
     Args:
-        source: a scan from :func:`~visualad_med.volumes.find_scans`, or a path holding exactly one.
+        source: a scan from :func:`~visualad_med.io.find_scans`, or a path holding exactly one.
         max_gap_slices: most consecutive missing DICOM slices filled by interpolation.
         max_voxels: largest number of voxels a header may declare.
 

@@ -4,13 +4,13 @@ Protocol, as in the zero-shot anomaly detection literature (MVFA, AnomalyCLIP,
 VisualAD): each image is resized to the model's input side ``S`` and the
 smoothed map ``map`` ``(S, S)`` is compared with the ground-truth mask resized
 to ``S x S`` (bilinear, binarised at 0.5); the image score is the model's
-``score`` (mean of the top 1 % of ``map``). Metrics (:mod:`visualad_med.metrics`)
+``score`` (mean of the top 1 % of ``map``). Metrics (:mod:`visualad_med.evaluation.metrics`)
 are computed class by class: image AUROC, AP and F1-max; pixel AUROC, AP,
 F1-max and AUPRO (regions per 2D image, FPR limit 0.3) over the images that have
 a mask. The Mean row averages each metric over the classes where it is defined.
 
 Maps are streamed: each batch feeds its class's
-:class:`~visualad_med.metrics.PixelMetricAccumulator` and is dropped; only image
+:class:`~visualad_med.evaluation.metrics.PixelMetricAccumulator` and is dropped; only image
 scores and a few overlay samples per class are kept.
 """
 
@@ -32,14 +32,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .datasets import AnomalyDataset, build_dataset, collate_skip_invalid
-from .cohort import CohortSettings, fuse_patch_scores, head_patch_scores, patch_maps
+from visualad_med.datasets import AnomalyDataset, build_dataset, collate_skip_invalid
+from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, head_patch_scores, patch_maps
 from .metrics import CurvePoints, PixelMetricAccumulator, curve_points, image_metrics
-from .model import VisualAD, top_fraction_mean
-from .mutual import cohort_scores, nearest_candidates, stack_features
+from visualad_med.model.visualad import VisualAD, top_fraction_mean
+from visualad_med.model.mutual import cohort_scores, nearest_candidates, stack_features
 from .report import IMAGE_METRICS, PIXEL_METRICS, RESULT_FILES, OverlaySample, plot_curves, safe_name
 from .report import write_overlays, write_results, write_scores
-from .runtime import autocast, file_sha256, resolve_device
+from visualad_med.io.hashing import file_sha256
+from visualad_med.model.devices import autocast, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ FORMAT = "visualad_med.evaluation/1"
 DEFAULT_RESIZE = "pad"
 """How evaluated images reach the model's square input: as volume slices do (aspect kept, padded), so the
 numbers are made the way the product runs (measured: polyp/skin pixel AUROC 79.3 squashed, 81.4 padded; LGG
-image AUROC 84.8 and 83.7, within the seed spread of 1.4); see :data:`~visualad_med.datasets.images.RESIZE_POLICIES`."""
+image AUROC 84.8 and 83.7, within the seed spread of 1.4); see :data:`~visualad_med.io.images.RESIZE_POLICIES`."""
 PROTOCOL = (
     "images letterboxed into S x S as volume slices are (longest side to S, padded; or squashed with --resize "
     "squash); maps at S x S against masks placed the same way (bilinear, binarised at 0.5), padding not scored; "
@@ -416,7 +417,7 @@ def evaluate(
             None records ``untrained`` for a fresh head.
         command: the command line, recorded in ``results.json``.
         extra_timings: further timings in seconds (e.g. ``model_load_s``) to record.
-        cohort: score each class's images against each other (:mod:`visualad_med.cohort`); ``None``
+        cohort: score each class's images against each other (:mod:`visualad_med.model.cohort`); ``None``
             scores each image alone with the model.
         resize: how a data root's images reach ``S x S``: ``squash`` or ``pad`` (aspect kept and padded,
             as volume slices are; the padding is left out of the pixel metrics).

@@ -1,9 +1,9 @@
 """Write result volumes in their scan's geometry (NIfTI, Slicer ``.seg.nrrd``, DICOM SEG) and tables.
 
-Every writer goes through :func:`visualad_med.atomic.atomic_path`: the file is written under a
+Every writer goes through :func:`visualad_med.io.atomic.atomic_path`: the file is written under a
 temporary name in the output folder and renamed, so a crash never leaves a partial file.
 Volumes are ``(X, Y, Z)`` arrays with the ``(4, 4)`` RAS affine of the loaded scan
-(:func:`~visualad_med.volumes.load_scan`); NIfTI stores RAS, NRRD and DICOM store LPS.
+(:func:`~visualad_med.io.load_scan`); NIfTI stores RAS, NRRD and DICOM store LPS.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from monai.data.utils import orientation_ras_lps
 from pydicom.sr.codedict import codes
 
-from ..atomic import atomic_path
+from .atomic import atomic_path
 
 __all__ = ["write_dicom_seg", "write_json", "write_nifti", "write_seg_nrrd", "write_summary_csv"]
 
@@ -137,7 +137,7 @@ def write_dicom_seg(
 ) -> Path:
     """Write a binary DICOM Segmentation with highdicom, one frame per source slice.
 
-    Use :meth:`~visualad_med.volumes.dicom_series.DicomSeries.to_source_frames` to turn a mask
+    Use :meth:`~visualad_med.io.dicom_series.DicomSeries.to_source_frames` to turn a mask
     computed on the loaded volume into these frames (``series.datasets`` are the matching
     sources). Frames reference their source SOPInstanceUIDs and carry the source plane positions;
     empty frames are left out (all kept when the whole mask is empty). Source slices without a

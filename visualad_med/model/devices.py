@@ -1,17 +1,10 @@
-"""Choosing the device, mixed precision, and the model a command runs with."""
+"""Choosing the device and the mixed precision of the model's forward pass."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
-from pathlib import Path
 
 import torch
-
-logger = logging.getLogger(__name__)
-
-BUNDLED_HEAD = Path(__file__).resolve().parents[1] / "bundles" / "visualad_zsad" / "models" / "visualad_head.safetensors"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -46,17 +39,3 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (heads are identified by their file)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def default_head() -> Path | None:
-    """The head shipped in the bundle, when this is a checkout that has it."""
-    return BUNDLED_HEAD if BUNDLED_HEAD.is_file() else None

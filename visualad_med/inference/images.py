@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .atomic import atomic_path
-from .datasets.images import letterbox_image, read_rgb
-from .model import VisualAD
-from .overlay import heat_overlay, save_png
-from .runtime import autocast
+from visualad_med.io.atomic import atomic_path
+from visualad_med.io.images import letterbox_image, read_rgb
+from visualad_med.model.visualad import VisualAD
+from visualad_med.io.overlay import heat_overlay, save_png
+from visualad_med.model.devices import autocast
 
 logger = logging.getLogger(__name__)
 

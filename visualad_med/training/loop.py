@@ -25,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from .atomic import atomic_path
+from visualad_med.io.atomic import atomic_path
 from .calibration import calibrate_threshold
-from .datasets import collate_skip_invalid
+from visualad_med.datasets import collate_skip_invalid
 from .losses import visualad_losses
-from .model import VisualAD
-from .runtime import autocast
+from visualad_med.model.visualad import VisualAD
+from visualad_med.model.devices import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class TrainConfig:
         max_steps: optional cap on steps per epoch (quick runs).
         workers: ``DataLoader`` worker processes.
         calibration_images: images of the training set used for the threshold (all when None).
-        precision: autocast of the forward pass (see :func:`visualad_med.runtime.autocast`).
+        precision: autocast of the forward pass (see :func:`visualad_med.model.devices.autocast`).
     """
 
     epochs: int = 2

@@ -21,9 +21,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .atomic import atomic_path
+from visualad_med.io.atomic import atomic_path
 from .metrics import CurvePoints
-from .overlay import heat_overlay, save_png
+from visualad_med.io.overlay import heat_overlay, save_png
 
 IMAGE_METRICS: tuple[str, ...] = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS: tuple[str, ...] = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
@@ -77,7 +77,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     """The per-class table with a Mean row, in percent with one decimal.
 
     Args:
-        results: the dict :func:`visualad_med.evaluation.evaluate` returns.
+        results: the dict :func:`visualad_med.evaluation.images.evaluate` returns.
 
     Returns:
         A Markdown table (header, alignment row, one row per class, Mean row).

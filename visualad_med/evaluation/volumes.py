@@ -1,13 +1,13 @@
 """Zero-shot evaluation on volumes against label volumes, through exactly the path of ``visualad-med infer``.
 
 Each scan is loaded, windowed, sliced, run through the model and reassembled by
-:func:`~visualad_med.scan_run.infer_scan` (as ``infer`` does), its outputs are
+:func:`~visualad_med.inference.folder.infer_scan` (as ``infer`` does), its outputs are
 written by the same writers into ``<out>/maps/``, and its map is then scored
 against its label volume (voxels above 0 anomalous), which must lie on the
 scan's grid. Per scan and pooled over the cohort:
 
 * voxel AUROC and AP over the whole volume and over the body (voxels brighter
-  than 10 % of the volume's brightest after windowing, :func:`~visualad_med.reference.volume_body_mask`);
+  than 10 % of the volume's brightest after windowing, :func:`~visualad_med.model.body_reference.volume_body_mask`);
 * voxel F1-max, which is the best Dice over all thresholds;
 * 3D AUPRO: regions are the 26-connected components of each label volume, FPR limit 0.3;
 * slice AUROC and AP: each slice's score (top-1 % mean of its map, as in the
@@ -15,9 +15,9 @@ scan's grid. Per scan and pooled over the cohort:
   (no body) count as the lowest score of the cohort;
 * Dice and IoU of the mask at the threshold (the head's, or ``--threshold``).
 
-Per-scan numbers are exact (:class:`~visualad_med.metrics.PixelMetricAccumulator`);
+Per-scan numbers are exact (:class:`~visualad_med.evaluation.metrics.PixelMetricAccumulator`);
 pooled voxel numbers come from fixed-size histograms
-(:class:`~visualad_med.binned_metrics.BinnedVoxelMetrics`), so memory is bounded
+(:class:`~visualad_med.evaluation.binned.BinnedVoxelMetrics`), so memory is bounded
 by one scan whatever the cohort's size. "Mean over scans" averages the per-scan
 numbers where they are defined.
 """
@@ -36,20 +36,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .binned_metrics import BinnedVoxelMetrics, region_weights
-from .datasets.volume_pairs import VolumePair
-from .evaluation import _environment, _head_identity
+from visualad_med.io.atomic import atomic_path
+from .binned import BinnedVoxelMetrics, region_weights
+from visualad_med.datasets.volume_pairs import VolumePair
+from .images import _environment, _head_identity
 from .metrics import PixelMetricAccumulator, auroc, average_precision, curve_points, image_metrics
-from .model import VisualAD
-from .reference import volume_body_mask
+from visualad_med.model.visualad import VisualAD
+from visualad_med.model.body_reference import volume_body_mask
 from .report import plot_curves, write_results
-from .runtime import file_sha256
-from .cohort import CohortSettings
-from .cohort_run import CohortMaps
-from .scan_run import RunSettings, cohort_report, infer_scan, make_inferer, mask_threshold, prepare_cohort, run_scans
-from .scan_run import write_scan_outputs
-from .volumes import load_scan
+from visualad_med.io.hashing import file_sha256
+from visualad_med.model.cohort import CohortSettings
+from visualad_med.inference.cohort import CohortMaps
+from visualad_med.inference.folder import RunSettings, cohort_report, infer_scan, make_inferer, mask_threshold, prepare_cohort, run_scans
+from visualad_med.inference.folder import write_scan_outputs
+from visualad_med.io import load_scan
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def evaluate_volumes(
 
     A scan that fails (unreadable, label on another grid) is logged, listed under ``failed``
     and the evaluation goes on. Every scan is recomputed (``settings.overwrite`` is forced on). With
-    ``cohort``, the scans are scored against each other (:mod:`visualad_med.cohort_run`).
+    ``cohort``, the scans are scored against each other (:mod:`visualad_med.inference.cohort`).
     """
     out_dir = Path(out_dir)
     maps_dir = out_dir / "maps"

@@ -2,8 +2,8 @@
 
 Each patch of an evaluated image is scored by its distance to the nearest patch
 of the bank (``1 - max cos`` of the frozen backbone tokens, averaged over the
-layers of :func:`~visualad_med.mutual.default_layers`), and that score takes the
-place of the cohort's in :mod:`visualad_med.cohort` (fused with the head's map
+layers of :func:`~visualad_med.model.mutual.default_layers`), and that score takes the
+place of the cohort's in :mod:`visualad_med.model.cohort` (fused with the head's map
 on one robust scale for ``visualad+mutual``). For volumes the bank keeps each
 slice's normalised position and a slice is compared with the bank slices within
 the run's window of it (the nearest one at least), as cohort scoring does.
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .atomic import atomic_path
-from .model import VisualAD
+from visualad_med.io.atomic import atomic_path
+from .visualad import VisualAD
 from .mutual import patch_distances, stack_features
 
 logger = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ class ReferenceBank:
 def bank_from_images(model: VisualAD, paths: list[Path], layers: tuple[int, ...], resize: str,
                      batch_size: int = 8) -> ReferenceBank:
     """A bank from 2D normal images, read as ``evaluate`` reads images with ``resize`` (``pad`` or ``squash``)."""
-    from .datasets.images import read_rgb, to_model_input
-    from .datasets.samples import READ_ERRORS
+    from visualad_med.io.images import read_rgb, to_model_input
+    from visualad_med.datasets.samples import READ_ERRORS
 
     config = model.config
     images, used = [], []

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visualad_med.datasets.images import check_normalisation, image_to_tensor, list_images, mask_to_tensor, read_rgb
+from visualad_med.io.images import check_normalisation, image_to_tensor, list_images, mask_to_tensor, read_rgb
 from visualad_med.datasets.samples import READ_ERRORS, AnomalyDataset, SampleRecord, SkipCounter, skip_unreadable
 
 logger = logging.getLogger(__name__)

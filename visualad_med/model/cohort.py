@@ -1,4 +1,4 @@
-"""Cohort scorings of a run: ``mutual`` (training-free, :mod:`visualad_med.mutual`) and ``visualad+mutual``.
+"""Cohort scorings of a run: ``mutual`` (training-free, :mod:`visualad_med.model.mutual`) and ``visualad+mutual``.
 
 These are run settings, not head settings: a head scores one image, a cohort
 scoring needs the other images of the run. Both scorings are formed on the
@@ -10,7 +10,7 @@ smoothed, referenced to the body when the head's ``map_reference`` is ``body``):
   are added: the head's (the method's sum over taps of ``cos(SAF(p), a') -
   cos(SAF(p), n')``) and the cohort's are each robust-standardised over every
   patch of the cohort (minus the cohort's median, over 1.4826 x its median
-  absolute deviation, :func:`~visualad_med.mutual.robust_standardise`), and the
+  absolute deviation, :func:`~visualad_med.model.mutual.robust_standardise`), and the
   fused grid is their mean, standardised again.
 
 ``mutual`` alone is standardised the same way, so for both 1 unit is one robust
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import VisualAD, upsample_scores
+from .visualad import VisualAD, upsample_scores
 from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
-from .reference import body_mask, reference_to_body
+from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from visualad_med.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 

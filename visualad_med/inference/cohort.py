@@ -1,16 +1,16 @@
 """Cohort scoring of a folder of scans: every slice against the slices of the other scans at its position.
 
-Two passes over the scans, both through the ``infer`` path (:class:`~visualad_med.inference.SliceInferer`):
+Two passes over the scans, both through the ``infer`` path (:class:`~visualad_med.inference.slices.SliceInferer`):
 
 1. :meth:`CohortMaps.build` runs the model on every slice with body and keeps,
    per slice, its patch features (half precision, in per-scan ``.npy`` files under
    a temporary folder, so the cohort's features live on disk, not in memory), the
    head's patch scores and its normalised position ``index / (slices - 1)``. It
    then scores every slice against the slices of the *other* scans within
-   ``window`` of its position (:func:`~visualad_med.mutual.position_candidates`;
+   ``window`` of its position (:func:`~visualad_med.model.mutual.position_candidates`;
    a run of one scan falls back to the same scan's slices at least 0.2 away and
    says so in the reports) and fuses the result with the head's patch scores
-   (:func:`~visualad_med.cohort.fuse_patch_scores`).
+   (:func:`~visualad_med.model.cohort.fuse_patch_scores`).
 2. Writing: :meth:`CohortMaps.network_for` gives, for one scan, a stand-in for
    the model that returns those fused maps slice by slice; the usual inferer
    reassembles them into the volume and the usual writers write it, so outputs
@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings, fuse_patch_scores
-from .cohort import head_patch_scores
-from .cohort import patch_maps
-from .inference import SliceInferer
-from .model import VisualAD, top_fraction_mean
-from .mutual import cohort_scores, position_candidates, stack_features
-from .reference_bank import ReferenceBank
-from .volumes import ScanLoadError, ScanSource, load_scan
+from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings, fuse_patch_scores
+from visualad_med.model.cohort import head_patch_scores
+from visualad_med.model.cohort import patch_maps
+from .slices import SliceInferer
+from visualad_med.model.visualad import VisualAD, top_fraction_mean
+from visualad_med.model.mutual import cohort_scores, position_candidates, stack_features
+from visualad_med.model.reference_bank import ReferenceBank
+from visualad_med.io import ScanLoadError, ScanSource, load_scan
 
 logger = logging.getLogger(__name__)
 
@@ -208,13 +208,13 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
         model: the run's model.
         scoring: the run's scoring; ``mutual`` or ``visualad+mutual`` make it a cohort run; ``None`` (none
             asked for) makes a one-plane volume run of two or more scans a
-            :data:`~visualad_med.cohort.DEFAULT_VOLUME_SCORING` cohort run.
+            :data:`~visualad_med.model.cohort.DEFAULT_VOLUME_SCORING` cohort run.
         reference: a folder of normal references (2D images, or scans when ``run_settings`` is given):
             their bank is built, saved as ``out_dir/reference_bank.safetensors`` and compared with
             instead of the cohort (scoring ``visualad+mutual`` unless ``mutual``).
         reference_bank: a saved bank to use instead of ``reference``.
         out_dir: the run's output folder.
-        run_settings: a volume run's :class:`~visualad_med.scan_run.RunSettings` (for reading reference scans).
+        run_settings: a volume run's :class:`~visualad_med.inference.folder.RunSettings` (for reading reference scans).
         resize: a 2D run's resize policy (reference images are read the same way).
         options: ``fraction``, ``neighbours``, ``window`` (``None``: the default).
 
@@ -246,9 +246,9 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
 def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], out_dir: Path,
                       run_settings, resize: str) -> ReferenceBank:
     """The bank of a folder of normal images (2D runs) or scans (volume runs, ``run_settings`` given)."""
-    from .datasets.images import is_image_file
-    from .reference_bank import bank_from_images
-    from .volumes import find_scans
+    from visualad_med.io.images import is_image_file
+    from visualad_med.model.reference_bank import bank_from_images
+    from visualad_med.io import find_scans
 
     if not folder.is_dir():
         raise ValueError(f"reference {folder} is not a folder")
@@ -257,7 +257,7 @@ def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], ou
         if not images:
             raise ValueError(f"reference {folder}: no image files (PNG, JPEG, TIFF, BMP)")
         return bank_from_images(model, images, layers, resize)
-    from .scan_run import make_inferer
+    from .folder import make_inferer
 
     scans = find_scans(folder)
     if not scans:

@@ -25,14 +25,14 @@ import torch
 from monai.data import MetaTensor
 from tqdm import tqdm
 
-from . import __version__
-from .cohort import COHORT_THRESHOLD, CohortSettings
-from .cohort_run import CohortMaps
-from .inference import SliceInferer, SliceScores, check_planes, scan_scores
-from .model import VisualAD
-from .runtime import file_sha256
-from .transforms import resolve_window
-from .volumes import (
+from visualad_med import __version__
+from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
+from .cohort import CohortMaps
+from .slices import SliceInferer, SliceScores, check_planes, scan_scores
+from visualad_med.model.visualad import VisualAD
+from visualad_med.io.hashing import file_sha256
+from visualad_med.transforms import resolve_window
+from visualad_med.io import (
     MAX_GAP_SLICES,
     ScanLoadError,
     ScanSource,
@@ -132,7 +132,7 @@ def infer_scan(model: VisualAD, source: ScanSource, settings: RunSettings,
     """Load one scan and run the model over its slices; raises on failure.
 
     ``inferer`` defaults to :func:`make_inferer` of ``settings``; ``network`` (default ``model``) is
-    what the inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.cohort_run`).
+    what the inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.inference.cohort`).
     """
     started = time.perf_counter()
     volume = load_scan(source)
@@ -199,7 +199,7 @@ def write_scan_outputs(
         volume: the loaded ``(1, X, Y, Z)`` volume (its affine and meta are used).
         anomaly: ``(X, Y, Z)`` float32 map.
         mask: ``(X, Y, Z)`` uint8 mask.
-        scores: the inferer's :attr:`~visualad_med.inference.SliceInferer.last_scores`.
+        scores: the inferer's :attr:`~visualad_med.inference.slices.SliceInferer.last_scores`.
         out_dir: output folder.
         settings: the run's planes and threshold (recorded).
         head_sha256: sha256 of the head file, ``None`` for an untrained head.
@@ -304,7 +304,7 @@ def run_folder(
     Scans already finished (their report exists) are skipped unless
     ``settings.overwrite``; under ``torchrun`` each process takes every
     ``WORLD_SIZE``-th scan and writes ``summary_rank<r>.csv``. With ``cohort``
-    (:mod:`visualad_med.cohort_run`) every scan is scored against the others: all
+    (:mod:`visualad_med.inference.cohort`) every scan is scored against the others: all
     are redone, in one process, at the cohort threshold unless ``settings.threshold``.
     """
     input_path, out_dir = Path(input_path), Path(out_dir)

@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .datasets import collate_skip_invalid
-from .model import VisualAD
-from .runtime import autocast
+from visualad_med.datasets import collate_skip_invalid
+from visualad_med.model.visualad import VisualAD
+from visualad_med.model.devices import autocast
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from .backbone import (
 )
 from .checkpoint import HeadCheckpointError, HeadConfig
 from .head import SelfAlignment, SpatialCrossAttention, token_contrast
-from .reference import MAP_REFERENCES, body_mask, reference_to_body
+from .body_reference import MAP_REFERENCES, body_mask, reference_to_body
 from .selfsim import default_layers, self_similarity_scores
 from .smoothing import GaussianSmoothing
 
@@ -73,9 +73,9 @@ class VisualAD(nn.Module):
 
     ``config.scoring`` chooses what ``map_raw`` sums: the method's patch scores
     (``visualad``, the default and what training uses), training-free
-    self-similarity (``selfsim``, :mod:`visualad_med.selfsim`), or
+    self-similarity (``selfsim``, :mod:`visualad_med.model.selfsim`), or
     ``combined``: ``visualad + selfsim_weight * selfsim``.
-    ``config.map_reference`` (``none`` or ``body``, :mod:`visualad_med.reference`)
+    ``config.map_reference`` (``none`` or ``body``, :mod:`visualad_med.model.body_reference`)
     chooses whether ``map`` is re-referenced to the image's own body.
     """
 
@@ -166,7 +166,7 @@ class VisualAD(nn.Module):
         """See the class docstring for the returned keys and shapes.
 
         ``feature_layers`` adds ``features`` ``{layer: (B, N, D)}``: the frozen backbone's patch
-        tokens after those blocks (for cohort and reference scoring, :mod:`visualad_med.mutual`).
+        tokens after those blocks (for cohort and reference scoring, :mod:`visualad_med.model.mutual`).
         """
         self.check_images(images)
         batch, _, height, width = images.shape
@@ -212,7 +212,7 @@ class VisualAD(nn.Module):
         """
         from PIL import Image
 
-        from .datasets.images import letterbox_image, pil_to_rgb_array
+        from visualad_med.io.images import letterbox_image, pil_to_rgb_array
 
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image)
