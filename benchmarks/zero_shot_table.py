@@ -95,7 +95,7 @@ def load_head_model(head: str, backbone: str, image_size: int | None):
 
 def print_table(model, head: str, args: argparse.Namespace) -> None:
     """One markdown table: a row per self-similarity weight, from one pass over both dev sets."""
-    own_reference, threshold = model.config.map_reference, model.config.threshold
+    own_reference, threshold = model.settings.map_reference, model.settings.threshold
     reference = args.map_reference or own_reference
     lgg, polyp = (collect(model, root, args.batch_size, args.body_level) for root in (args.lgg, args.polyp))
     print(f"head {head}, backbone {model.config.backbone}, image size {model.image_size}, "

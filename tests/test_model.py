@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -106,7 +107,7 @@ def test_bad_images_raise_clear_errors(model, images, message):
 
 
 def test_head_round_trip_restores_outputs_and_threshold(model, tmp_path):
-    model.config.threshold = 1.25
+    model.set_threshold(1.25)
     with torch.no_grad():
         expected = model(_images())["map"]
     path = model.save_head(tmp_path / "head.safetensors")
@@ -132,7 +133,7 @@ def test_head_on_other_backbone_weights_warns(model, tmp_path, caplog):
     with torch.no_grad():
         other.backbone.vit.blocks[0].attn.qkv.weight.add_(1.0)
     path = model.save_head(tmp_path / "head.safetensors")
-    other.config.weights_sha256 = weights_sha256(backbone_state(other.backbone.vit))
+    other.config = dataclasses.replace(other.config, weights_sha256=weights_sha256(backbone_state(other.backbone.vit)))
     other.load_head(path)
     assert "trained on backbone weights" in caplog.text
 

@@ -94,7 +94,7 @@ def test_final_head_round_trips_with_a_calibrated_threshold(tmp_path):
     path = train(model, _dataset(tmp_path / "data", model), tmp_path / "run", TrainConfig(epochs=1, batch_size=4),
                  torch.device("cpu"), provenance={"data": "tiny"})
     loaded = build_model(tiny_vit(), image_size=64).load_head(path)
-    assert loaded.config.threshold == model.config.threshold and loaded.config.threshold is not None
+    assert loaded.config.threshold == model.settings.threshold and loaded.config.threshold is not None
     assert loaded.config.training["data"] == "tiny" and loaded.config.training["epochs"] == 1
     assert (tmp_path / "run/checkpoints/epoch_001.safetensors").is_file()
 

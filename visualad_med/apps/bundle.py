@@ -231,8 +231,8 @@ def build_network(
         except ValueError as error:
             raise BundleConfigError(key, f"{error}; set --{key}") from None
     logger.info("model: backbone %s, image size %d, taps %s, scoring %s, map reference %s, head %s",
-                model.config.backbone, model.config.image_size, list(model.config.taps), model.config.scoring,
-                model.config.map_reference, path or UNTRAINED)
+                model.config.backbone, model.config.image_size, list(model.config.taps), model.settings.scoring,
+                model.settings.map_reference, path or UNTRAINED)
     return VisualADMapNet(model.eval(), path)
 
 

@@ -206,17 +206,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_cli_model(args).to(device)
     if args.selfsim_weight is not None:
-        model.set_scoring(model.config.scoring, weight=args.selfsim_weight)
+        model.set_scoring(model.settings.scoring, weight=args.selfsim_weight)
     config = model.config
     dataset = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
-    config.threshold = calibrate_threshold(model, dataset, device, args.batch_size, args.calibration_images)
-    config.training = {**config.training, "calibration": {"data": [str(root) for root in args.data], "layout": args.layout,
-                                                          "split": args.split, "scoring": config.scoring,
-                                                          "map_reference": config.map_reference,
-                                                          "images": args.calibration_images}}
+    model.set_threshold(calibrate_threshold(model, dataset, device, args.batch_size, args.calibration_images))
+    settings = model.settings
+    model.record_training({**config.training, "calibration": {
+        "data": [str(root) for root in args.data], "layout": args.layout, "split": args.split,
+        "scoring": settings.scoring, "map_reference": settings.map_reference, "images": args.calibration_images}})
     path = model.save_head(Path(args.out))
-    logger.info("wrote %s: scoring %s, map reference %s, threshold %.4f", path, config.scoring,
-                config.map_reference, config.threshold)
+    logger.info("wrote %s: scoring %s, map reference %s, threshold %.4f", path, settings.scoring,
+                settings.map_reference, settings.threshold)
     return 0
 
 

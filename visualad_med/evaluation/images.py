@@ -359,7 +359,7 @@ def _head_identity(model: VisualAD, head: str | Path | None) -> dict[str, str | 
     """The head file and its sha256; ``untrained`` for a fresh head, ``unknown`` when a trained one has no file."""
     if head is not None:
         return {"head": str(head), "head_sha256": file_sha256(Path(head))}
-    fresh = not model.config.training and model.config.threshold is None
+    fresh = not model.config.training and model.settings.threshold is None
     return {"head": None, "head_sha256": "untrained" if fresh else "unknown (head file not given)"}
 
 

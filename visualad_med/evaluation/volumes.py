@@ -285,8 +285,8 @@ def evaluate_volumes(
         "scans": tally.rows, "failed": [p.scan.name for p in pairs if p.scan.name not in
                                         {row["scan"] for row in tally.rows}],
         "model": {"backbone": model.config.backbone, "image_size": model.config.image_size,
-                  "taps": list(model.config.taps), "scoring": model.config.scoring,
-                  "map_reference": model.config.map_reference, **_head_identity(model, head)},
+                  "taps": list(model.config.taps), "scoring": model.settings.scoring,
+                  "map_reference": model.settings.map_reference, **_head_identity(model, head)},
         "cohort": None if maps is None else maps.report(),
         "settings": {"planes": list(settings.planes), "window": settings.window, "batch_size": settings.batch_size},
         "environment": _environment(device), "command": list(command or []),

@@ -239,7 +239,7 @@ def write_scan_outputs(
         "anomalous_voxels": int(mask.sum()),
         "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,
                   "image_size": model.config.image_size, "taps": list(model.config.taps),
-                  "scoring": model.config.scoring, "map_reference": model.config.map_reference,
+                  "scoring": model.settings.scoring, "map_reference": model.settings.map_reference,
                   "head_sha256": head_sha256, "visualad_med": __version__},
         "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - loaded, 3),
                     "write": round(finished - inferred, 3), "total": round(finished - started, 3),

@@ -33,11 +33,17 @@ SHIPPED_HEAD = "visualad_head.safetensors"
 CONFIG_KEY = "visualad_config"
 
 
+MODEL_FIELDS = ("backbone", "weights_sha256", "embed_dim", "depth", "patch_size", "image_size", "taps", "mean",
+                "std", "num_anchors", "dropout", "res_scale_init", "format")
+"""Fields of a :class:`HeadConfig` that describe the model as built (backbone, input size, module sizes): a
+loaded head takes them from the model it is loaded onto (checked to fit), everything else from the head file."""
+
+
 class HeadCheckpointError(ValueError):
     """A head checkpoint that cannot be read or does not fit the model."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
     """Everything needed to rebuild the model a head was trained with.
 

@@ -107,7 +107,7 @@ def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor
     side = images.shape[-1]
     grid = model.backbone.grid_for(images.shape[-2], side)
     maps = model.smoothing(upsample_scores(patch_scores.reshape(-1, *grid).float(), (images.shape[-2], side)))
-    if model.config.map_reference == "body":
+    if model.settings.map_reference == "body":
         maps = reference_to_body(maps, body_mask(images, model.config.mean, model.config.std))
     return maps
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -30,14 +31,14 @@ from .backbone import (
 )
 from .checkpoint import HeadCheckpointError, HeadConfig
 from .head import SelfAlignment, SpatialCrossAttention, token_contrast
-from .body_reference import MAP_REFERENCES, body_mask, reference_to_body
+from .body_reference import body_mask, reference_to_body
+from .map_settings import MapSettings
 from .selfsim import default_layers, self_similarity_scores
 from .smoothing import GaussianSmoothing
 
 logger = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01
-SCORINGS = ("visualad", "selfsim", "combined")
 
 
 def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -65,17 +66,18 @@ class VisualAD(nn.Module):
 
     - ``map_raw`` ``(B, H, W)``: sum over taps of the upsampled patch scores;
     - ``map`` ``(B, H, W)``: ``map_raw`` smoothed (Gaussian, sigma 4 px), minus its
-      median over the image's body when ``config.map_reference`` is ``body``;
+      median over the image's body when ``settings.map_reference`` is ``body``;
     - ``score`` ``(B,)``: mean of the top 1 % of ``map``;
     - ``probability`` ``(B, H, W)``: ``sigmoid(map / #taps)``, a bounded view for display;
     - ``patch_scores`` ``{tap: (B, h, w)}``: ``cos(SAF(p), a') - cos(SAF(p), n')``;
     - ``tokens`` ``{tap: (B, 2, D)}``: the SCA-refined anomaly and normal tokens.
 
-    ``config.scoring`` chooses what ``map_raw`` sums: the method's patch scores
+    ``settings.scoring`` (:class:`~visualad_med.model.map_settings.MapSettings`, the run's choice; the
+    head's own by default) chooses what ``map_raw`` sums: the method's patch scores
     (``visualad``, the default and what training uses), training-free
     self-similarity (``selfsim``, :mod:`visualad_med.model.selfsim`), or
     ``combined``: ``visualad + selfsim_weight * selfsim``.
-    ``config.map_reference`` (``none`` or ``body``, :mod:`visualad_med.model.body_reference`)
+    ``settings.map_reference`` (``none`` or ``body``, :mod:`visualad_med.model.body_reference`)
     chooses whether ``map`` is re-referenced to the image's own body.
     """
 
@@ -83,6 +85,7 @@ class VisualAD(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config
+        self.settings = MapSettings.of(config)
         side = config.image_size // backbone.patch_size
         dim = backbone.embed_dim
         self.sca = nn.ModuleDict(
@@ -110,18 +113,23 @@ class VisualAD(nn.Module):
 
     def set_scoring(self, scoring: str, weight: float | None = None) -> VisualAD:
         """Choose ``visualad``, ``selfsim`` or ``combined`` scoring (and the combination weight)."""
-        if scoring not in SCORINGS:
-            raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
-        self.config.scoring = scoring
-        if weight is not None:
-            self.config.selfsim_weight = float(weight)
+        weight = self.settings.selfsim_weight if weight is None else float(weight)
+        self.settings = replace(self.settings, scoring=scoring, selfsim_weight=weight)
         return self
 
     def set_map_reference(self, reference: str) -> VisualAD:
         """Choose ``none`` (the method's map) or ``body`` (map minus its median over the image's body)."""
-        if reference not in MAP_REFERENCES:
-            raise ValueError(f"unknown map reference {reference!r}; valid: {', '.join(MAP_REFERENCES)}")
-        self.config.map_reference = reference
+        self.settings = replace(self.settings, map_reference=reference)
+        return self
+
+    def set_threshold(self, threshold: float | None) -> VisualAD:
+        """Set the decision threshold on ``map`` (a calibration's result; saved with the head)."""
+        self.settings = replace(self.settings, threshold=None if threshold is None else float(threshold))
+        return self
+
+    def record_training(self, provenance: dict) -> VisualAD:
+        """Replace the provenance a saved head carries (data, recipe, calibration)."""
+        self.config = replace(self.config, training=dict(provenance))
         return self
 
     @property
@@ -129,14 +137,14 @@ class VisualAD(nn.Module):
         """Largest possible ``|map|`` under the current scoring and map reference."""
         method = 2.0 * len(self.taps)
         selfsim = 2.0 * len(self.selfsim_layers)
-        scoring = self.config.scoring
-        bound = {"visualad": method, "selfsim": selfsim}.get(scoring, method + self.config.selfsim_weight * selfsim)
-        return 2.0 * bound if self.config.map_reference == "body" else bound
+        scoring = self.settings.scoring
+        bound = {"visualad": method, "selfsim": selfsim}.get(scoring, method + self.settings.selfsim_weight * selfsim)
+        return 2.0 * bound if self.settings.map_reference == "body" else bound
 
     @property
     def threshold(self) -> float:
         """Decision threshold on ``map``; 0 (equal similarity to both tokens) when uncalibrated."""
-        return 0.0 if self.config.threshold is None else self.config.threshold
+        return 0.0 if self.settings.threshold is None else self.settings.threshold
 
     def train(self, mode: bool = True) -> VisualAD:
         super().train(mode)
@@ -171,7 +179,7 @@ class VisualAD(nn.Module):
         self.check_images(images)
         batch, _, height, width = images.shape
         grid = self.backbone.grid_for(height, width)
-        scoring = self.config.scoring
+        scoring = self.settings.scoring
         layers = self.selfsim_layers if scoring != "visualad" else ()
         tapped, anomaly, normal, frozen = self.backbone(images, tuple(sorted({*layers, *feature_layers})))
         tokens = torch.stack([anomaly, normal], dim=1)
@@ -187,10 +195,10 @@ class VisualAD(nn.Module):
         if layers:
             selfsim = sum(self_similarity_scores(frozen[layer][:, prefix:], self.config.selfsim_neighbours)
                           for layer in layers).reshape(batch, *grid)
-            scores = selfsim if scoring == "selfsim" else scores + self.config.selfsim_weight * selfsim
+            scores = selfsim if scoring == "selfsim" else scores + self.settings.selfsim_weight * selfsim
         map_raw = upsample_scores(scores, (height, width))
         smoothed = self.smoothing(map_raw)
-        if self.config.map_reference == "body":
+        if self.settings.map_reference == "body":
             smoothed = reference_to_body(smoothed, body_mask(images, self.config.mean, self.config.std))
         outputs = {
             "map_raw": map_raw,
@@ -219,8 +227,8 @@ class VisualAD(nn.Module):
         return letterbox_image(pil_to_rgb_array(image), self.image_size, self.config.mean, self.config.std)[0]
 
     def save_head(self, path: str | Path) -> Path:
-        """Write the trained tensors and :class:`HeadConfig` (safetensors + JSON)."""
-        return checkpoint.save(Path(path), self.head_state_dict(), self.config)
+        """Write the trained tensors and :class:`HeadConfig` with the settings in force (safetensors + JSON)."""
+        return checkpoint.save(Path(path), self.head_state_dict(), self.settings.recorded_in(self.config))
 
     def load_head(self, path: str | Path) -> VisualAD:
         """Load a head in our format or the reference implementation's; returns ``self``.
@@ -246,9 +254,8 @@ class VisualAD(nn.Module):
                     f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs {tuple(own[name].shape)}"
                 )
         self.load_state_dict(tensors, strict=False)
-        for name in ("threshold", "training", "scoring", "selfsim_layers", "selfsim_weight", "selfsim_neighbours",
-                     "map_reference"):
-            setattr(self.config, name, getattr(config, name))
+        self.config = replace(config, **{name: getattr(self.config, name) for name in checkpoint.MODEL_FIELDS})
+        self.settings = MapSettings.of(self.config)
         return self
 
     @property

@@ -238,10 +238,10 @@ def train(
     if rank != 0:
         return out_dir / FINAL_HEAD
     model.eval()
-    model.config.threshold = calibrate_threshold(
+    model.set_threshold(calibrate_threshold(
         model, calibration_set or dataset, device, config.batch_size, config.calibration_images, config.precision
-    )
-    model.config.training = {
+    ))
+    model.record_training({
         **(provenance or {}),
         **dataclasses.asdict(config),
         "seconds": round(time.perf_counter() - started, 1),
@@ -249,7 +249,7 @@ def train(
         f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}",
         "torch": torch.__version__,
         "processes": world,
-    }
+    })
     path = model.save_head(out_dir / FINAL_HEAD)
     logger.info("final head %s (threshold %.4f on the map, F1-max on the training set)", path, model.threshold)
     return path

@@ -1,0 +1,49 @@
+"""What a run chooses about the model's map: scoring, map reference and threshold, apart from the checkpoint.
+
+A head records the settings its threshold was calibrated for (:class:`~visualad_med.model.checkpoint.HeadConfig`);
+a run starts from them and may choose others (``--scoring``, ``--map-reference``, ``--threshold``) without
+changing what the checkpoint says. Saving a head writes the settings in force into its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .body_reference import MAP_REFERENCES
+from .checkpoint import HeadConfig
+
+SCORINGS = ("visualad", "selfsim", "combined")
+"""How ``map`` is made: the method's patch scores, training-free self-similarity, or their weighted sum."""
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """How the model's ``map`` is made and thresholded.
+
+    Attributes:
+        scoring: ``visualad``, ``selfsim`` or ``combined`` (``visualad + selfsim_weight * selfsim``).
+        selfsim_weight: weight of the self-similarity sum in ``combined``.
+        map_reference: ``none`` (the method's map) or ``body`` (map minus its median over the body).
+        threshold: decision threshold on ``map``; ``None`` when uncalibrated.
+    """
+
+    scoring: str = "visualad"
+    selfsim_weight: float = 1.0
+    map_reference: str = "none"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"unknown scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
+        if self.map_reference not in MAP_REFERENCES:
+            raise ValueError(f"unknown map reference {self.map_reference!r}; valid: {', '.join(MAP_REFERENCES)}")
+
+    @classmethod
+    def of(cls, config: HeadConfig) -> MapSettings:
+        """The settings a head was calibrated for."""
+        return cls(config.scoring, config.selfsim_weight, config.map_reference, config.threshold)
+
+    def recorded_in(self, config: HeadConfig) -> HeadConfig:
+        """``config`` with these settings, as a saved head records them."""
+        return replace(config, scoring=self.scoring, selfsim_weight=self.selfsim_weight,
+                       map_reference=self.map_reference, threshold=self.threshold)
