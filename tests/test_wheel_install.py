@@ -42,6 +42,14 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
     return done
 
 
+def _site_dirs() -> list[str]:
+    """This environment's site-packages, in import order: its own, then any that its ``.pth`` files or
+    ``--system-site-packages`` add (those are not scanned for ``.pth`` files again by the fresh venv)."""
+    own = [sysconfig.get_paths()[key] for key in ("purelib", "platlib")]
+    added = [path for path in sys.path if Path(path).name in ("site-packages", "dist-packages")]
+    return list(dict.fromkeys(own + added))
+
+
 @pytest.fixture(scope="module")
 def clean_env() -> dict[str, str]:
     """The environment of the child processes: no ``PYTHONPATH`` pointing at a checkout, no user site."""
@@ -72,8 +80,7 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path, clean_env:
          cwd=venv.parent, env=clean_env)
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv.parent,
                 env=clean_env).stdout.strip()
-    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (Path(site) / "current_environment.pth").write_text("".join(f"{path}\n" for path in ours))
+    (Path(site) / "current_environment.pth").write_text("".join(f"{path}\n" for path in _site_dirs()))
     return venv
 
 
