@@ -63,7 +63,7 @@ def orthogonal_overlay(
     Raises:
         ValueError: when the map is not on the scan's voxel grid (shape or affine differ).
     """
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     image = nib.load(anomaly)
     affine = volume.affine.numpy()
     if image.shape != tuple(volume.shape[1:]) or not np.allclose(image.affine, affine, atol=1e-4):

@@ -80,7 +80,7 @@ def main() -> None:
         return
     device = resolve_device(args.device)
     (source,) = find_scans(args.input)
-    volume = load_scan(source)
+    volume = load_scan(source).volume
     lesion, centre = insert_sphere(volume, args.radius_mm, args.delta_hu)
     hu = volume[0].numpy()
     head = hu > -300.0

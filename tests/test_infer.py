@@ -30,9 +30,10 @@ from monai.data.utils import orientation_ras_lps
 from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
 from visualad_med.apps.cli import main
-from visualad_med.inference.slices import SliceInferer, scan_scores
+from visualad_med.inference.slices import SliceInferer, scan_scores, slice_preprocessing
 from visualad_med.model.visualad import VisualAD, build_model
 from visualad_med.io import DicomSeries, ScanSource, find_scans, load_scan
+from visualad_med.transforms import resolve_intensity_window
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
          "--image-size", "32", "--device", "cpu", "--scoring", "visualad"]
@@ -101,7 +102,7 @@ def check_volumes(scan: ScanSource, out: Path, reference: sitk.Image, threshold:
 
     Returns the mask ``(X, Y, Z)``.
     """
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     anomaly = nib.load(out / f"{scan.name}_anomaly.nii.gz")
     mask = nib.load(out / f"{scan.name}_mask.nii.gz")
     for image in (anomaly, mask):
@@ -120,7 +121,7 @@ def check_volumes(scan: ScanSource, out: Path, reference: sitk.Image, threshold:
 def check_report(scan: ScanSource, out: Path, labels: np.ndarray) -> dict:
     """``<scan>_report.json`` against the scan and its mask; returns the report."""
     report = json.loads((out / f"{scan.name}_report.json").read_text())
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     assert (report["scan"], report["source"]["kind"], report["source"]["path"]) == (scan.name, scan.kind,
                                                                                       str(scan.path))
     assert report["shape"] == list(volume.shape[1:]) and report["planes"] == ["axial"]
@@ -379,12 +380,14 @@ def test_scan_score_is_the_exact_top_one_percent_mean():
 def test_percentile_window_of_a_mostly_blank_volume_scales_min_to_max(caplog, brightness_model):
     volume = torch.zeros(1, 32, 32, 12)
     volume[0, 10:14, 10:14, 5:8] = 300.0  # 0.1 % of the voxels: the 0.5 and 99.5 percentiles are both 0
-    inferer = SliceInferer(window="auto", progress=False)
+    image = MetaTensor(volume, affine=torch.eye(4))
     with caplog.at_level(logging.WARNING):
-        result = inferer(MetaTensor(volume, affine=torch.eye(4)), build_model(tiny_vit(), image_size=32))
+        window = resolve_intensity_window(image, "auto")
     assert "coincide; scaling min..max (0..300)" in caplog.text
-    assert inferer.last_scores.intensity_range == (0.0, 300.0)
-    np.testing.assert_allclose(result[0].numpy(), volume[0].numpy() / 300.0, atol=1e-6)
+    assert window == ("percentile", 0.0, 300.0)
+    model = build_model(tiny_vit(), image_size=32)
+    result = SliceInferer(progress=False)(image, model, slice_preprocessing(model.config, (window.low, window.high)))
+    np.testing.assert_allclose(result.anomaly[0].numpy(), volume[0].numpy() / 300.0, atol=1e-6)
     with pytest.raises(ValueError, match=r"planes must be distinct names .* got \['axial', 'axial'\]"):
         SliceInferer(planes=("axial", "axial"))
 

@@ -370,10 +370,12 @@ def blob_volume(shape, linear, spacing, centre, **meta) -> MetaTensor:
 def test_pipeline_blob_lands_back_at_its_voxel(linear, spacing, plane):
     centre = (30, 8, 5)
     vol = blob_volume((40, 32, 24), linear, spacing, centre, Modality="CT")
-    pipe = T.slice_pipeline(48, MEAN, STD, plane=plane, body_min_fraction=0.001)
+    window = T.resolve_intensity_window(vol)
+    assert window == ("brain", 0.0, 80.0)
+    pipe = T.slice_pipeline(48, MEAN, STD, window[1:], plane=plane, body_min_fraction=0.001)
     slices, info = pipe.forward(vol)
     assert slices.shape == (vol.shape[1 + info.axis], 3, 48, 48) and not isinstance(slices, MetaTensor)
-    assert info.window == "brain" and info.axis == T.anatomical_axis(vol.affine, plane)
+    assert info.axis == T.anatomical_axis(vol.affine, plane)
     c = centre[info.axis]
     assert sorted(info.indices[info.body].tolist()) == [c - 1, c, c + 1]
     back = pipe.inverse(slices[:, 0], info)  # a "model" that returns its input
@@ -384,7 +386,7 @@ def test_pipeline_blob_lands_back_at_its_voxel(linear, spacing, plane):
 
 def test_pipeline_without_resizing_is_exact():
     vol = volume((20, 16, 12), SLICE_FIRST, Modality="CT")  # axial slices (20, 1, 12, 16) after layout
-    pipe = T.slice_pipeline(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    pipe = T.slice_pipeline(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), T.window_range("brain"))
     slices, info = pipe.forward(vol)
     assert slices.shape == (20, 3, 16, 16)
     back = pipe.inverse(slices[:, 1], info)
@@ -396,9 +398,10 @@ def test_pipeline_with_resizing_matches_within_tolerance():
     x, y, z = torch.meshgrid(*grid, indexing="ij")
     smooth = (torch.sin(3 * x) * torch.cos(2 * y) + z)[None] * 300.0
     vol = MetaTensor(smooth, affine=torch.from_numpy(affine(FLIPPED_PERM)), meta={"Modality": "MR"})
-    pipe = T.slice_pipeline(64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), plane="coronal")
+    window = T.resolve_intensity_window(vol)
+    assert window.spec == "percentile"
+    pipe = T.slice_pipeline(64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), window[1:], plane="coronal")
     slices, info = pipe.forward(vol)
-    assert info.window == "percentile"
     back = pipe.inverse(slices[:, 0], info)
     expected = T.WindowIntensity("percentile")(vol)[0]
     assert (back - expected).abs().mean() < 0.01 and (back - expected).abs().max() < 0.05
@@ -406,24 +409,23 @@ def test_pipeline_with_resizing_matches_within_tolerance():
 
 def test_pipeline_normalises_and_flags_empty_slices():
     vol = blob_volume((20, 20, 10), IDENTITY, (1.0, 1.0, 1.0), (10, 10, 5), Modality="CT")
-    pipe = T.slice_pipeline(32, MEAN, STD)
+    pipe = T.slice_pipeline(32, MEAN, STD, T.resolve_intensity_window(vol)[1:])
     slices, info = pipe.forward(vol)
     assert info.body.tolist() == [False] * 4 + [True] * 3 + [False] * 3
     air = (torch.zeros(3) - torch.tensor(MEAN)) / torch.tensor(STD)  # air and padding are 0 before normalising
     assert torch.allclose(slices[0, :, 0, 0], air, atol=1e-6)
-    explicit = T.slice_pipeline(32, MEAN, STD, window=(200, 80)).forward(vol)[1]
-    assert explicit.window == (200.0, 80.0)
+    assert T.resolve_intensity_window(vol, (200, 80)) == ((200.0, 80.0), -20.0, 180.0)
 
 
 def test_pipeline_contract_errors():
-    pipe = T.slice_pipeline(16, MEAN, STD)
+    pipe = T.slice_pipeline(16, MEAN, STD, (0.0, 1.0))
     slices, info = pipe.forward(volume((8, 8, 4)))
     with pytest.raises(ValueError, match=r"\(4, 16\)"):
         pipe.inverse(slices[:, 0, 0], info)
     with pytest.raises(ValueError, match=r"\(3, 8, 8\)"):
         pipe.forward(torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match="mean="):
-        T.slice_pipeline(16, (0.5,), (0.5,))
+        T.slice_pipeline(16, (0.5,), (0.5,), (0.0, 1.0))
     set_track_meta(False)
     try:
         with pytest.raises(RuntimeError, match="set_track_meta"):

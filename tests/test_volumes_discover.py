@@ -85,7 +85,7 @@ def test_find_scans_groups_series_and_skips_non_scans(scan_tree: Path, caplog: p
     assert "notes.txt: skipped, not DICOM" in log
     assert ".tmp.nii.gz: skipped, hidden or temporary file" in log
 
-    volumes = [load_scan(s) for s in dicom]  # the localiser did not join its series
+    volumes = [load_scan(s).volume for s in dicom]  # the localiser did not join its series
     assert sorted(v.shape[-1] for v in volumes) == [5, 6]
 
 

@@ -81,7 +81,7 @@ def read_input_series(folder: Path) -> sitk.Image:
 def test_oblique_dicom_round_trip(oblique_series: list[Path], tmp_path: Path):
     (scan,) = find_scans(tmp_path / "in")
     assert scan.kind == "dicom" and len(scan.files) == SLICES and scan.modality == "CT"
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     assert volume.shape == (1, COLUMNS, ROWS, SLICES) and volume.dtype == torch.float32
     assert volume.meta["Modality"] == "CT" and volume.meta["interpolated_slices"] == []
 
@@ -112,7 +112,7 @@ def test_oblique_dicom_round_trip(oblique_series: list[Path], tmp_path: Path):
 
 def test_dicom_seg_frames_reference_their_sources(oblique_series: list[Path], tmp_path: Path):
     (scan,) = find_scans(tmp_path / "in")
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     series = DicomSeries.from_files(scan.files)
     mask = (volume[0] > 1500).numpy()
     frames = series.to_source_frames(mask)
@@ -150,7 +150,7 @@ def test_tilted_series_with_a_missing_slice(tmp_path: Path):
     folder = tmp_path / "tilted"
     files = write_dicom_series(folder, pixels, orientation=orientation, origin=ORIGIN, step=step, skip=(4,))
     (scan,) = find_scans(tmp_path / "tilted")
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     series = DicomSeries.from_files(scan.files)
     assert series.interpolated_slices == [4] == volume.meta["interpolated_slices"]
     assert series.dataset_at(4) is None
@@ -209,7 +209,7 @@ def test_oblique_nifti_round_trip(tmp_path: Path):
     nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "oblique.nii.gz")
     (scan,) = find_scans(tmp_path)
     assert scan.name == "oblique" and scan.kind == "nifti" and scan.modality is None
-    volume = load_scan(scan)
+    volume = load_scan(scan).volume
     assert volume.shape == (1, 14, 11, 9) and volume.meta["Modality"] == ""
     np.testing.assert_allclose(volume.affine.numpy(), oblique_affine(), atol=1e-6)
     reference = sitk.ReadImage(str(scan.files[0]))
@@ -228,7 +228,7 @@ def test_oblique_nifti_round_trip(tmp_path: Path):
 def test_nibabel_anatomical_round_trip(tmp_path: Path):
     """nibabel's bundled ``anatomical.nii``: big-endian int16, qform and sform."""
     source = Path(nibabel.testing.data_path) / "anatomical.nii"
-    volume = load_scan(source)
+    volume = load_scan(source).volume
     assert volume.shape == (1, 33, 41, 25)
     np.testing.assert_allclose(volume[0].numpy(), nib.load(source).get_fdata(), atol=1e-4)
     write_nifti(volume[0], volume.affine, tmp_path / "anatomical_map.nii.gz")
@@ -244,7 +244,7 @@ def test_sitk_formats_load_in_sitk_geometry(tmp_path: Path, suffix: str):
     image.SetDirection(rotation.flatten().tolist())
     path = tmp_path / f"scan{suffix}"
     sitk.WriteImage(image, str(path))
-    volume = load_scan(path)
+    volume = load_scan(path).volume
     assert volume.shape == (1, 5, 6, 7)
     np.testing.assert_allclose(volume.affine.numpy(), sitk_affine(image), atol=1e-6)
     assert volume[0, 4, 5, 6] == image[4, 5, 6]

@@ -32,7 +32,7 @@ def cq500():
     if not CQ500.is_dir():
         pytest.skip(f"{CQ500} is absent (real data from ../shared)")
     (scan,) = find_scans(CQ500)
-    return scan, load_scan(scan), DicomSeries.from_files(scan.files)
+    return scan, load_scan(scan).volume, DicomSeries.from_files(scan.files)
 
 
 def test_cq500_discovery_leaves_out_the_stray_slice(cq500):

@@ -12,10 +12,12 @@ from .spatial import ResizeLongestPad, ResizeLongestPadd
 from .windowing import (
     CT_WINDOWS,
     MODALITY_KEYS,
+    ResolvedWindow,
     WindowIntensity,
     WindowIntensityd,
     WindowSpec,
     modality_from_meta,
+    resolve_intensity_window,
     resolve_window,
     window_range,
 )
@@ -24,6 +26,7 @@ __all__ = [
     "CT_WINDOWS",
     "MODALITY_KEYS",
     "PLANES",
+    "ResolvedWindow",
     "GreyToRGB",
     "GreyToRGBd",
     "NormalizeChannels",
@@ -41,6 +44,7 @@ __all__ = [
     "anatomical_axis",
     "has_body",
     "modality_from_meta",
+    "resolve_intensity_window",
     "resolve_window",
     "slice_layout",
     "slice_pipeline",

@@ -1,7 +1,7 @@
 """Volume to normalised model-size slices and per-slice maps back to the volume: the inference contract.
 
-``SlicePipeline.forward`` composes, in this order: :py:class:`WindowIntensity` on the whole
-volume, :py:class:`VolumeToSlices`, :py:func:`has_body`, :py:class:`ResizeLongestPad`,
+``SlicePipeline.forward`` composes, in this order: MONAI's ``ScaleIntensityRange`` on the whole
+volume (the window resolved once per volume, :py:func:`resolve_intensity_window`), :py:class:`VolumeToSlices`, :py:func:`has_body`, :py:class:`ResizeLongestPad`,
 :py:class:`GreyToRGB`, :py:class:`NormalizeChannels`. ``SlicePipeline.inverse`` undoes the two
 spatial steps through MONAI's trace (``applied_operations``), kept in :py:class:`SliceInfo`.
 """
@@ -16,13 +16,13 @@ import torch
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
+from monai.transforms import ScaleIntensityRange
 from monai.utils import TraceKeys, convert_to_tensor
 
 from .channels import GreyToRGB, NormalizeChannels
 from .foreground import has_body
 from .slicing import VolumeToSlices
 from .spatial import ResizeLongestPad
-from .windowing import WindowIntensity, WindowSpec
 
 __all__ = ["SliceInfo", "SlicePipeline", "slice_pipeline"]
 
@@ -36,7 +36,6 @@ class SliceInfo(NamedTuple):
         meta: meta of the input volume (``"affine"`` and whatever the reader stored).
         axis: spatial axis (0..2) of the input array ``(1, X, Y, Z)`` that was sliced.
         indices: ``(S,)`` int64, the array index along ``axis`` of each slice.
-        window: the window applied: a ``CT_WINDOWS`` name, ``(width, level)`` in HU, or ``"percentile"``.
         body: ``(S,)`` bool, False for slices without body (:py:func:`has_body` on windowed slices).
     """
 
@@ -44,7 +43,6 @@ class SliceInfo(NamedTuple):
     meta: dict[str, Any]
     axis: int
     indices: torch.Tensor
-    window: WindowSpec
     body: torch.Tensor
 
 
@@ -64,12 +62,10 @@ class SlicePipeline:
         image_size: side of the square model input, e.g. 224 (pixels).
         mean: per-channel mean of the backbone, 3 values for inputs in [0, 1].
         std: per-channel std of the backbone, 3 values > 0.
-        window: ``"auto"``, ``"percentile"``, a ``CT_WINDOWS`` name or ``(width, level)`` in HU;
-            ``"auto"`` uses ``ct_window`` for CT (DICOM Modality in the meta) and percentile
-            scaling for anything else, including volumes without a modality (NIfTI).
+        intensity_range: ``(low, high)`` input intensities (HU for CT) mapped to 0 and 1, clipped
+            outside; the volume's resolved window (:py:func:`resolve_intensity_window`). ``high <= low``
+            (a constant volume) leaves nothing to window: :py:attr:`blank` is then True.
         plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
-        ct_window: the CT window for ``window="auto"``.
-        percentiles: lower and upper percentiles of percentile scaling.
         radiological: orient slices for radiological display; see :py:func:`slice_layout`.
         mode: interpolation mode for resizing, both ways; None: ``"area"`` to shrink, ``"bilinear"`` to enlarge.
         body_threshold: windowed intensity above which a pixel counts as body.
@@ -84,10 +80,8 @@ class SlicePipeline:
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        window: str | Sequence[float] = "auto",
+        intensity_range: tuple[float, float],
         plane: str = "axial",
-        ct_window: str | Sequence[float] = "brain",
-        percentiles: Sequence[float] = (0.5, 99.5),
         radiological: bool = True,
         mode: str | None = None,
         body_threshold: float = 0.05,
@@ -96,13 +90,20 @@ class SlicePipeline:
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got mean={tuple(mean)}, std={tuple(std)}.")
         self.image_size = image_size
+        self.plane = plane
         self.body_threshold = body_threshold
         self.body_min_fraction = body_min_fraction
-        self.windowing = WindowIntensity(window, ct_window, percentiles)
+        self.intensity_range = (float(intensity_range[0]), float(intensity_range[1]))
+        self.windowing = ScaleIntensityRange(*self.intensity_range, b_min=0.0, b_max=1.0, clip=True)
         self.slicer = VolumeToSlices(plane, radiological)
         self.resizer = ResizeLongestPad(image_size, mode)
         self.to_rgb = GreyToRGB(channel_dim=1)
         self.normalizer = NormalizeChannels(mean, std, channel_dim=1)
+
+    @property
+    def blank(self) -> bool:
+        """True for a constant volume's range (``high <= low``): no body anywhere, nothing to run."""
+        return self.intensity_range[1] <= self.intensity_range[0]
 
     def forward(self, volume: NdarrayOrTensor) -> tuple[torch.Tensor, SliceInfo]:
         """Window, slice, resize and normalise a volume.
@@ -125,7 +126,6 @@ class SlicePipeline:
         volume = convert_to_tensor(volume, track_meta=True)
         if volume.ndim != 4 or volume.shape[0] != 1:
             raise ValueError(f"expected a single-channel volume (1, X, Y, Z), got shape {tuple(volume.shape)}.")
-        window = self.windowing.resolve(volume)
         slices = self.slicer(self.windowing(volume))
         layout = slices.applied_operations[-1][TraceKeys.EXTRA_INFO]
         axis, reversed_ = layout["perm"][0], layout["flip"][0]
@@ -133,7 +133,7 @@ class SlicePipeline:
         indices = torch.arange(count - 1, -1, -1) if reversed_ else torch.arange(count)
         body = has_body(slices, self.body_threshold, self.body_min_fraction)
         slices = self.resizer(slices)
-        info = SliceInfo(deepcopy(slices.applied_operations), dict(volume.meta), axis, indices, window, body)
+        info = SliceInfo(deepcopy(slices.applied_operations), dict(volume.meta), axis, indices, body)
         slices = self.normalizer(self.to_rgb(slices))
         return convert_to_tensor(slices, track_meta=False), info
 
@@ -166,7 +166,7 @@ def slice_pipeline(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    window: str | Sequence[float] = "auto",
+    intensity_range: tuple[float, float],
     plane: str = "axial",
     **kwargs: Any,
 ) -> SlicePipeline:
@@ -176,9 +176,9 @@ def slice_pipeline(
         image_size: side of the square model input (pixels).
         mean: per-channel mean of the backbone (3 values).
         std: per-channel std of the backbone (3 values).
-        window: ``"auto"``, ``"percentile"``, a ``CT_WINDOWS`` name or ``(width, level)`` in HU.
+        intensity_range: ``(low, high)`` input intensities mapped to 0 and 1 (HU for CT).
         plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
-        kwargs: the other arguments of :py:class:`SlicePipeline` (``ct_window``, ``percentiles``...).
+        kwargs: the other arguments of :py:class:`SlicePipeline` (``radiological``, ``mode``...).
 
     Returns:
         The pipeline; ``forward(volume) -> (slices, info)``, ``inverse(maps, info) -> volume``.
@@ -186,11 +186,11 @@ def slice_pipeline(
     Example:
         >>> import torch
         >>> from monai.data import MetaTensor
-        >>> pipe = slice_pipeline(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), window="brain")
+        >>> pipe = slice_pipeline(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (0.0, 80.0))
         >>> slices, info = pipe.forward(MetaTensor(torch.zeros(1, 40, 30, 20)))
         >>> tuple(slices.shape), info.axis
         ((20, 3, 32, 32), 2)
         >>> tuple(pipe.inverse(slices[:, 0], info).shape)
         (40, 30, 20)
     """
-    return SlicePipeline(image_size, mean, std, window=window, plane=plane, **kwargs)
+    return SlicePipeline(image_size, mean, std, intensity_range, plane=plane, **kwargs)

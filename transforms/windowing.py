@@ -9,8 +9,9 @@ For the abdomen Radiopaedia lists W:400 L:50; we keep W:400 L:40 (the common -16
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -19,18 +20,23 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles, Transform
+from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import TransformBackends, convert_to_tensor
 
 __all__ = [
     "CT_WINDOWS",
     "MODALITY_KEYS",
+    "ResolvedWindow",
     "WindowSpec",
     "WindowIntensity",
     "WindowIntensityd",
     "modality_from_meta",
+    "resolve_intensity_window",
     "resolve_window",
     "window_range",
 ]
+
+logger = logging.getLogger(__name__)
 
 WindowSpec = Union[str, tuple[float, float]]
 """A window: a preset name from ``CT_WINDOWS``, ``"auto"``, ``"percentile"`` or ``(width, level)`` in HU."""
@@ -193,6 +199,58 @@ class WindowIntensity(Transform):
             return self._percentile(img)
         a_min, a_max = window_range(window)
         return ScaleIntensityRange(a_min, a_max, b_min=0.0, b_max=1.0, clip=True)(img)
+
+
+class ResolvedWindow(NamedTuple):
+    """The window of one volume: what was chosen and the input intensities it maps to 0 and 1.
+
+    Attributes:
+        spec: a ``CT_WINDOWS`` name, ``(width, level)`` in HU, or ``"percentile"``.
+        low: input intensity (HU for CT) mapped to 0.
+        high: input intensity mapped to 1; ``high <= low`` only for a constant volume.
+    """
+
+    spec: WindowSpec
+    low: float
+    high: float
+
+
+def resolve_intensity_window(
+    volume: NdarrayOrTensor,
+    window: str | Sequence[float] = "auto",
+    ct_window: str | Sequence[float] = "brain",
+    percentiles: Sequence[float] = (0.5, 99.5),
+) -> ResolvedWindow:
+    """Resolve the window of a whole volume once: ``"auto"`` by its modality, percentiles over all its voxels.
+
+    A CT window gives ``level -+ width / 2`` HU. Percentile scaling takes the percentiles of the
+    whole volume (as MONAI's ``ScaleIntensityRangePercentiles`` does); when they coincide (more
+    than 99 % of the voxels share one value, e.g. a small object on a blank background) it falls
+    back to the volume's minimum and maximum, with a warning, instead of leaving the intensities
+    unscaled.
+
+    Args:
+        volume: e.g. ``(1, X, Y, Z)``; a ``MetaTensor``'s meta gives the modality for ``"auto"``.
+        window: see :py:class:`WindowIntensity`.
+        ct_window: the CT window ``"auto"`` uses for CT.
+        percentiles: lower and upper percentiles of percentile scaling.
+
+    Raises:
+        ValueError: for an unknown window name, a width <= 0 or invalid percentiles.
+    """
+    windowing = WindowIntensity(window, ct_window, percentiles)
+    spec = windowing.resolve(volume)
+    if spec != "percentile":
+        low, high = window_range(spec)
+        return ResolvedWindow(spec, low, high)
+    voxels = convert_to_tensor(volume, track_meta=False)
+    low, high = (float(v) for v in percentile(voxels, list(windowing.percentiles)))
+    if high <= low:
+        low, high = float(voxels.min()), float(voxels.max())
+        name = volume.meta.get("scan_name", "scan") if isinstance(volume, MetaTensor) else "scan"
+        logger.warning("%s: percentiles %s of the intensities coincide; scaling min..max (%g..%g) instead", name,
+                       windowing.percentiles, low, high)
+    return ResolvedWindow(spec, low, high)
 
 
 class WindowIntensityd(MapTransform):

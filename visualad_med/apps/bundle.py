@@ -1,19 +1,21 @@
 """Glue for the MONAI bundle ``bundles/visualad_zsad``: what its configs need that the library lacks.
 
 The configs (``configs/inference.json``, ``train.json``, ``evaluate.json``) build everything from
-flat keys with these pieces:
+flat keys with these pieces, each a thin call into the library:
 
-- :func:`build_network`: the model from ``backbone``, ``backbone_weights``, ``head``,
-  ``image_size`` and ``scoring``, wrapped in :class:`VisualADMapNet` (``(B, 3, H, W)`` in,
-  ``(B, 1, H, W)`` anomaly map out, which ``verify_net_in_out`` checks);
-- :func:`scan_datalist`: the scans of ``dataset_dir``, or the example scan when it is unset
-  (:func:`example_scan`);
-- :class:`LoadScand` (preprocessing) and :class:`WriteScanOutputsd` (postprocessing) around
-  :mod:`visualad_med.inference.folder`, and :class:`ScanFolderEvaluator`, the workflow ``run`` calls;
+- :func:`build_network`: :func:`~visualad_med.model.for_run.model_for_run` wrapped in
+  :class:`VisualADMapNet` (``(B, 3, H, W)`` in, ``(B, 1, H, W)`` anomaly map out: the zoo's
+  tensor-to-tensor network contract, which ``verify_net_in_out`` checks);
+- :func:`scan_datalist`: the scans of ``dataset_dir`` (the example scan when it is unset), through
+  :func:`~visualad_med.inference.folder.find_folder_scans`;
+- :class:`ScanFolderEvaluator`, the workflow ``run`` calls:
+  :func:`~visualad_med.inference.folder.run_folder`, the same as ``visualad-med infer``;
 - :func:`run_training` and :func:`run_evaluation` for the other two configs.
 
 A config value that cannot work ends the run with :class:`BundleConfigError`: one line naming
-the key to fix (``dataset_dir: /x does not exist; set --dataset_dir``), no traceback.
+the key to fix (``dataset_dir: /x does not exist; set --dataset_dir``), no traceback. The key
+comes from the library's :class:`~visualad_med.errors.SettingError` (or the error's type), never
+from the words of a message.
 """
 
 from __future__ import annotations
@@ -22,39 +24,36 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
 from torch import nn
 
-from visualad_med.model.checkpoint import HeadCheckpointError
-from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
-from visualad_med.inference.cohort import CohortMaps
-from visualad_med.model.img_focus import cache_dir
+from visualad_med.errors import SettingError
+from visualad_med.inference.folder import find_folder_scans, run_folder
+from visualad_med.inference.settings import RunSettings
 from visualad_med.inference.slices import SliceInferer, check_planes
-from visualad_med.model.visualad import VisualAD, build_model, load_model
+from visualad_med.io import ScanSource, write_nifti
 from visualad_med.io.hashing import file_sha256
-from visualad_med.model.checkpoint import SHIPPED_HEAD, shipped_head
+from visualad_med.model.checkpoint import SHIPPED_HEAD, HeadCheckpointError, shipped_head
+from visualad_med.model.cohort import CohortSettings
 from visualad_med.model.devices import resolve_device as _resolve_device
-from visualad_med.inference.folder import RunSettings, mask_threshold as _mask_threshold
-from visualad_med.inference.folder import cohort_report, run_scans, write_scan_outputs
-from visualad_med.transforms import resolve_window
-from visualad_med.io import ScanSource, find_scans, load_scan, write_nifti
+from visualad_med.model.for_run import DEFAULT_BACKBONE, model_for_run
+from visualad_med.model.img_focus import cache_dir
+from visualad_med.model.visualad import VisualAD, build_model
 from visualad_med.model.weights import BackboneWeightsError
+from visualad_med.transforms import resolve_window
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_ROOT = str(Path(__file__).resolve().parents[2] / "bundles" / "visualad_zsad")
 """The bundle folder of this checkout (``bundles/visualad_zsad``); the configs' default ``bundle_root``."""
 HEAD_FILE = "models/" + SHIPPED_HEAD
-DEFAULT_BACKBONE = "dinov2-s14"
 UNTRAINED = "untrained"
 EXAMPLE_NAME = "mni152_t1_1mm.nii.gz"
-SCAN_KINDS = "DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd"
+CONFIG_KEYS = {"input": "dataset_dir", "output": "output_dir"}
+"""The config key of a :class:`~visualad_med.errors.SettingError`'s setting, where the names differ."""
 
 
 class BundleConfigError(SystemExit):
@@ -175,20 +174,21 @@ def head_file(head: str | Path | None, bundle_root: str | Path = BUNDLE_ROOT) ->
     raise BundleConfigError("head", f"{path} does not exist; set --head to a head file or --head {UNTRAINED}")
 
 
+def config_error(error: Exception, fallback: str, advice: str = "") -> BundleConfigError:
+    """The :class:`BundleConfigError` of a library error: the key of its setting (else ``fallback``)."""
+    key = CONFIG_KEYS.get(getattr(error, "setting", None), getattr(error, "setting", None)) or fallback
+    return BundleConfigError(key, f"{error}; set --{key}{advice}")
+
+
 def _model_error(error: Exception) -> BundleConfigError:
     """The config key behind a model-building error."""
-    text = str(error)
     if isinstance(error, HeadCheckpointError):
-        return BundleConfigError("head", f"{text}; set --head to a head trained on this backbone, --backbone to "
+        return BundleConfigError("head", f"{error}; set --head to a head trained on this backbone, --backbone to "
                                  f"the head's, or --head {UNTRAINED}")
     if isinstance(error, BackboneWeightsError):
-        return BundleConfigError("backbone_weights", f"{text}; set --backbone_weights FILE (or random for smoke "
+        return BundleConfigError("backbone_weights", f"{error}; set --backbone_weights FILE (or random for smoke "
                                  "tests)")
-    if "image size" in text:
-        return BundleConfigError("image_size", f"{text}; set --image_size to a multiple of the patch size")
-    if "tap layers" in text:
-        return BundleConfigError("taps", f"{text}; set --taps to 1-based block numbers of the backbone")
-    return BundleConfigError("backbone", f"{text}; set --backbone")
+    return config_error(error, "backbone")
 
 
 def build_network(
@@ -216,33 +216,11 @@ def build_network(
     """
     path = head_file(head, bundle_root)
     try:
-        if path is None:
-            model = build_model(backbone or DEFAULT_BACKBONE, backbone_weights=backbone_weights,
-                                image_size=image_size)
-        else:
-            model = load_model(path, backbone=backbone, backbone_weights=backbone_weights)
+        model = model_for_run(path, backbone=backbone, backbone_weights=backbone_weights, image_size=image_size,
+                              scoring=scoring, map_reference=map_reference)
     except (ValueError, TypeError, BackboneWeightsError) as error:
         raise _model_error(error) from None
-    for key, value, choose in (("scoring", scoring, model.set_scoring),
-                               ("map_reference", map_reference, model.set_map_reference)):
-        try:
-            if value:
-                choose(value)
-        except ValueError as error:
-            raise BundleConfigError(key, f"{error}; set --{key}") from None
-    logger.info("model: backbone %s, image size %d, taps %s, scoring %s, map reference %s, head %s",
-                model.config.backbone, model.config.image_size, list(model.config.taps), model.settings.scoring,
-                model.settings.map_reference, path or UNTRAINED)
     return VisualADMapNet(model.eval(), path)
-
-
-def mask_threshold(network: nn.Module, threshold: float | None, cohort: CohortSettings | None = None,
-                   datalist: Sequence[ScanSource] = ()) -> float:
-    """The mask threshold on the map: ``threshold``, else the cohort rule (when the cohort applies to
-    ``datalist``) or the head's calibrated one."""
-    if threshold is None and cohort is not None and cohort.applies_to(len(datalist), log=False):
-        return COHORT_THRESHOLD
-    return _mask_threshold(unwrap(network), RunSettings(threshold=threshold))
 
 
 def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str | None,
@@ -258,8 +236,7 @@ def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str 
         return cohort_from_options(unwrap(network), scoring, reference_dir, reference_bank, Path(output_dir),
                                    RunSettings(planes=as_planes(planes), window=as_window(window)))
     except ValueError as error:
-        key = "scoring" if "scoring" in str(error) else "reference_dir"
-        raise BundleConfigError(key, f"{error}; set --{key}") from None
+        raise config_error(error, "reference_dir") from None
 
 
 def example_scan(folder: Path | None = None) -> Path:
@@ -298,153 +275,55 @@ def scan_datalist(dataset_dir: str | Path | None, output_dir: str | Path) -> lis
                        "nilearn's bundled data); set --dataset_dir to run on your scans", folder / EXAMPLE_NAME)
     else:
         folder = Path(dataset_dir)
-        if not folder.exists():
-            raise BundleConfigError("dataset_dir", f"{folder} does not exist; set --dataset_dir")
     if not output_dir:
         raise BundleConfigError("output_dir", "not set; set --output_dir")
-    out = Path(output_dir)
-    if folder.is_dir() and (out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents):
-        raise BundleConfigError("output_dir", f"{out} is inside the input folder {folder}; set --output_dir to "
-                                "another folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise BundleConfigError("output_dir", f"cannot create {out} ({error.strerror}); set --output_dir") from None
-    if not os.access(out, os.W_OK):
-        raise BundleConfigError("output_dir", f"{out} is not writable; set --output_dir")
-    scans = find_scans(folder, exclude=[out])
-    if not scans:
-        raise BundleConfigError("dataset_dir", f"{folder} holds no scans ({SCAN_KINDS}); set --dataset_dir")
+        scans = find_folder_scans(folder, Path(output_dir))
+    except SettingError as error:
+        raise config_error(error, "dataset_dir") from None
     logger.info("%d scan(s) under %s: %s", len(scans), folder, ", ".join(s.name for s in scans[:10]))
     return scans
 
 
-class LoadScand(MapTransform):
-    """Load ``data[key]`` (a :class:`~visualad_med.io.ScanSource` or path) with :func:`load_scan`.
-
-    The volume is a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine, read through
-    MONAI's ``LoadImage`` with the library's readers; the source goes to ``data["source"]``.
-    """
-
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if isinstance(d[key], ScanSource):
-                d.setdefault("source", d[key])
-            d[key] = load_scan(d[key])
-        return d
-
-
-class WriteScanOutputsd(MapTransform):
-    """Write a scan's outputs as ``visualad-med infer`` does; the report goes to ``data["report"]``.
-
-    Reads ``source``, ``image`` (the volume), ``pred`` (``(X, Y, Z)`` map), ``mask``,
-    ``slice_scores`` and ``times`` from the data; see :func:`visualad_med.inference.folder.write_scan_outputs`.
-
-    Args:
-        output_dir: output folder.
-        network: the model (its config and head are recorded).
-        planes: the inferer's planes (recorded).
-        threshold: the user's mask threshold, ``None`` for the head's (recorded).
-    """
-
-    def __init__(self, output_dir: str | Path, network: nn.Module, planes: str | Sequence[str] = ("axial",),
-                 threshold: float | None = None, keys: KeysCollection = "pred"):
-        super().__init__(keys)
-        self.output_dir = Path(output_dir)
-        self.network = network
-        self.settings = RunSettings(planes=as_planes(planes), threshold=threshold)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d["report"] = write_scan_outputs(
-                unwrap(self.network), d["source"], d["image"], d[key], d["mask"], d["slice_scores"],
-                self.output_dir, self.settings, getattr(self.network, "head_sha256", None), d["times"],
-                d.get("extra_report"),
-            )
-        return d
-
-
-def _transform(transforms: Callable, data: dict) -> dict:
-    """Apply a MONAI ``Compose``, re-raising the original error rather than MONAI's wrapper."""
-    try:
-        return transforms(data)
-    except RuntimeError as error:
-        cause = error
-        while isinstance(cause, RuntimeError) and str(cause).startswith("applying transform") and cause.__cause__:
-            cause = cause.__cause__
-        raise cause from None
-
-
 class ScanFolderEvaluator:
-    """The inference workflow: every scan of ``datalist`` through preprocessing, inferer and postprocessing.
+    """The inference workflow: :func:`~visualad_med.inference.folder.run_folder` over the config's dataset.
 
     Writes the same files as ``visualad-med infer`` (per scan ``_anomaly.nii.gz``, ``_mask.nii.gz``,
     ``_mask.seg.nrrd``, ``_seg.dcm`` for DICOM, ``_report.json``; ``summary.csv``), skips finished
     scans unless ``overwrite``, logs a failing scan and goes on.
 
     Args:
-        datalist: the scans (:func:`scan_datalist`).
+        dataset: the scans (a MONAI ``Dataset`` over :func:`scan_datalist`, or the list itself).
         output_dir: output folder.
         network: :class:`VisualADMapNet` (or :class:`VisualAD`) on its device.
-        preprocessing: ``{"image": ScanSource}`` -> ``{"image": volume, "source": ...}``.
         inferer: a :class:`~visualad_med.inference.slices.SliceInferer`.
-        postprocessing: thresholding and writers; must leave the report in ``data["report"]``.
+        window: ``auto``, a preset or ``WIDTH,LEVEL`` in HU (see :func:`as_window`).
+        threshold: the mask threshold on the map; ``None``: the head's (or the cohort rule's).
         overwrite: redo scans that already have a report.
         progress: show progress bars.
         cohort: score the scans against each other or against references (every scan is redone).
-        threshold: the user's mask threshold, recorded in cohort runs' reports (default the cohort rule's).
     """
 
-    def __init__(self, datalist: list[ScanSource], output_dir: str | Path, network: nn.Module,
-                 preprocessing: Callable, inferer: SliceInferer, postprocessing: Callable,
-                 overwrite: bool = False, progress: bool = True, cohort: CohortSettings | None = None,
-                 threshold: float | None = None):
-        self.datalist = list(datalist)
+    def __init__(self, dataset: Sequence[ScanSource], output_dir: str | Path, network: nn.Module,
+                 inferer: SliceInferer, window: str | Sequence[float] = "auto", threshold: float | None = None,
+                 overwrite: bool = False, progress: bool = True, cohort: CohortSettings | None = None):
+        self.scans = list(getattr(dataset, "data", dataset))
         self.output_dir = Path(output_dir)
         self.network = network
-        self.preprocessing = preprocessing
         self.inferer = inferer
-        self.postprocessing = postprocessing
-        self.overwrite = overwrite
-        self.progress = progress
+        self.settings = RunSettings(planes=inferer.planes, window=as_window(window), batch_size=inferer.batch_size,
+                                    threshold=threshold, overwrite=overwrite, progress=progress)
         self.cohort = cohort
-        self.cohort_threshold = COHORT_THRESHOLD if threshold is None else float(threshold)
-        self.cohort_maps: CohortMaps | None = None
-
-    def process(self, source: ScanSource) -> dict:
-        """One scan: load, infer slice by slice, threshold and write; returns the report."""
-        model = unwrap(self.network)
-        started = time.perf_counter()
-        data = _transform(self.preprocessing, {"image": source})
-        loaded = time.perf_counter()
-        if self.cohort_maps is not None:
-            threshold = self.cohort_threshold
-            data["extra_report"] = {**cohort_report(self.cohort_maps, RunSettings(threshold=threshold)),
-                                    "threshold": threshold}
-        network = self.cohort_maps.network_for(source) if self.cohort_maps is not None else model
-        data["pred"] = self.inferer(data["image"], network)[0]
-        data["slice_scores"] = self.inferer.last_scores
-        data["times"] = (started, loaded, time.perf_counter())
-        return _transform(self.postprocessing, data)["report"]
 
     def run(self) -> tuple[int, int]:
         """Process every scan; returns ``(succeeded, failed)``; raises :class:`BundleRunError` if any failed."""
-        unwrap(self.network).eval()
-        if self.cohort is not None and self.cohort.applies_to(len(self.datalist)):
-            self.cohort_maps = CohortMaps.build(unwrap(self.network), self.datalist, self.inferer, self.cohort,
-                                                self.output_dir)
-        succeeded, failed = run_scans(self.datalist, self.output_dir, self.process,
-                                      overwrite=self.overwrite or self.cohort_maps is not None, progress=self.progress,
-                                      where=self.output_dir)
-        if failed:
-            raise BundleRunError(f"{failed} of {succeeded + failed} scans failed (reasons above and in "
+        run = run_folder(unwrap(self.network), self.scans, self.output_dir, self.settings,
+                         head_sha256=getattr(self.network, "head_sha256", None), cohort=self.cohort,
+                         inferer=self.inferer, where=self.output_dir)
+        if run.failed:
+            raise BundleRunError(f"{run.failed} of {run.succeeded + run.failed} scans failed (reasons above and in "
                                  f"{self.output_dir / 'summary.csv'})")
-        return succeeded, failed
+        return run.succeeded, run.failed
 
 
 def require_dir(path: str | Path | Sequence[str | Path] | None, key: str = "dataset_dir") -> Path | list[Path]:

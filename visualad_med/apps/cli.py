@@ -13,6 +13,8 @@ logger = logging.getLogger("visualad_med")
 
 UNTRAINED = "untrained"
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
+SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)"}
+"""What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,34 +116,40 @@ def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
 
 def load_cli_model(args: argparse.Namespace):
     """The model named by ``--head``, ``--backbone``, ``--backbone-weights`` and ``--image-size``."""
-    from visualad_med.model.visualad import build_model, load_model
+    from visualad_med.model.for_run import model_for_run
+
+    return model_for_run(head_path(args), backbone=args.backbone, backbone_weights=args.backbone_weights,
+                         image_size=args.image_size, map_reference=args.map_reference,
+                         scoring=None if args.scoring in COHORT_SCORINGS else args.scoring)
+
+
+def _run_settings(args: argparse.Namespace, **options):
+    """The :class:`~visualad_med.inference.settings.RunSettings` of ``--planes``, ``--window``, ``--batch-size``
+    and ``--threshold``."""
+    from visualad_med.inference.settings import RunSettings
+
+    return RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
+                       batch_size=args.batch_size, threshold=args.threshold, **options)
+
+
+def _head_sha256(args: argparse.Namespace) -> str | None:
+    from visualad_med.io.hashing import file_sha256
 
     head = head_path(args)
-    if head is None:
-        model = build_model(args.backbone or "dinov2-s14", backbone_weights=args.backbone_weights,
-                            image_size=args.image_size)
-    else:
-        model = load_model(head, backbone=args.backbone, backbone_weights=args.backbone_weights)
-    if args.scoring and args.scoring not in COHORT_SCORINGS:
-        model.set_scoring(args.scoring)
-    if args.map_reference:
-        model.set_map_reference(args.map_reference)
-    return model
+    return file_sha256(head) if head else None
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from visualad_med.inference.folder import find_folder_scans, run_folder
     from visualad_med.model.devices import resolve_device
-    from visualad_med.inference.folder import RunSettings, run_folder
 
-    device = resolve_device(args.device)
-    model = load_cli_model(args).to(device)
-    settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
-                           batch_size=args.batch_size, threshold=args.threshold, overwrite=args.overwrite)
-    succeeded, failed = run_folder(model, Path(args.input), Path(args.output), settings, head_path=head_path(args),
-                                   allow_inside_input=args.output_inside_input,
-                                   cohort=cohort_settings(args, model, Path(args.output), settings))
-    print(f"{succeeded} scans succeeded, {failed} failed")
-    return 1 if failed else 0
+    scans = find_folder_scans(Path(args.input), Path(args.output), args.output_inside_input)
+    model = load_cli_model(args).to(resolve_device(args.device))
+    settings = _run_settings(args, overwrite=args.overwrite)
+    run = run_folder(model, scans, Path(args.output), settings, head_sha256=_head_sha256(args),
+                     cohort=cohort_settings(args, model, Path(args.output), settings), where=args.input)
+    print(f"{run.succeeded} scans succeeded, {run.failed} failed")
+    return 1 if run.failed else 0
 
 
 def _window(text: str) -> str | tuple[float, float]:
@@ -181,7 +189,7 @@ def _train(args: argparse.Namespace) -> int:
                                   synthetic_bases=args.synthetic_base or (), augment=args.augment,
                                   augment_probability=args.augment_probability, seed=args.seed)
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr_tokens=args.lr,
-                               lr_head=args.lr * 0.1, seed=args.seed, max_steps=args.max_steps,
+                               seed=args.seed, max_steps=args.max_steps,
                                workers=args.workers, calibration_images=args.calibration_images,
                                precision=args.precision)
     balance = len(base.classes) > 1 if args.balance_classes is None else args.balance_classes
@@ -253,13 +261,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_volumes(args: argparse.Namespace) -> int:
     from visualad_med.datasets.volume_pairs import labelled_volumes
     from visualad_med.model.devices import resolve_device
-    from visualad_med.inference.folder import RunSettings
     from visualad_med.evaluation.volumes import evaluate_volumes
 
     pairs = labelled_volumes(args.data, args.labels, args.split)
     model = load_cli_model(args).to(resolve_device(args.device))
-    settings = RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
-                           batch_size=args.batch_size, threshold=args.threshold, overwrite=True)
+    settings = _run_settings(args, overwrite=True)
     results = evaluate_volumes(model, pairs, Path(args.out), settings, data=str(args.data), head=head_path(args),
                                command=args.command_line, cohort=cohort_settings(args, model, Path(args.out), settings))
     pooled = results["pooled"]
@@ -437,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, RuntimeError, OSError) as error:
-        logger.error("%s", error)
+        logger.error("%s%s", error, SETUP_HINTS.get(getattr(error, "setting", None), ""))
         return 2
 
 

@@ -1,7 +1,7 @@
 """Zero-shot evaluation on volumes against label volumes, through exactly the path of ``visualad-med infer``.
 
 Each scan is loaded, windowed, sliced, run through the model and reassembled by
-:func:`~visualad_med.inference.folder.infer_scan` (as ``infer`` does), its outputs are
+:func:`~visualad_med.inference.folder.run_folder` (as ``infer`` does), its outputs are
 written by the same writers into ``<out>/maps/``, and its map is then scored
 against its label volume (voxels above 0 anomalous), which must lie on the
 scan's grid. Per scan and pooled over the cohort:
@@ -28,7 +28,8 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,9 @@ from visualad_med.model.body_reference import volume_body_mask
 from .report import plot_curves, write_results
 from visualad_med.io.hashing import file_sha256
 from visualad_med.model.cohort import CohortSettings
-from visualad_med.inference.cohort import CohortMaps
-from visualad_med.inference.folder import RunSettings, cohort_report, infer_scan, make_inferer, mask_threshold, prepare_cohort, run_scans
-from visualad_med.inference.folder import write_scan_outputs
+from visualad_med.inference.folder import run_folder
+from visualad_med.inference.scan import ScanResult
+from visualad_med.inference.settings import RunSettings
 from visualad_med.io import load_scan
 
 logger = logging.getLogger(__name__)
@@ -184,18 +185,20 @@ class CohortTally:
         return means
 
 
-def _score_scan(model: VisualAD, pair: VolumePair, settings: RunSettings, maps_dir: Path, head_sha256: str | None,
-                inferer, tally: CohortTally, cohort: CohortMaps | None) -> dict:
-    """Infer one scan as ``infer`` does, write its outputs, score it against its label; returns its report."""
-    done = infer_scan(model, pair.scan, settings, inferer, cohort.network_for(pair.scan) if cohort else None)
-    label = load_scan(pair.label)
-    check_same_grid(done.volume, label, pair.label)
-    report = write_scan_outputs(model, pair.scan, done.volume, done.anomaly, done.mask, done.scores, maps_dir,
-                                settings, head_sha256, done.times, cohort_report(cohort, settings))
-    body = volume_body_mask(done.volume[0].as_tensor(), done.scores.intensity_range).numpy()
-    tally.add_scan(pair.scan.name, done.anomaly.numpy(), label[0].numpy() > 0, body, done.scores.scores,
-                   done.scores.axis, mask_threshold(model, settings))
-    return report
+def _scorer(pairs: Sequence[VolumePair], tally: CohortTally) -> Callable[[ScanResult, dict], None]:
+    """What volume evaluation does with each scan once ``infer``'s outputs are written: score it against its label."""
+    labels = {pair.scan.name: pair.label for pair in pairs}
+
+    def score(result: ScanResult, report: dict) -> None:
+        label_path = labels[result.scan.source.name]
+        label = load_scan(label_path, window=None).volume
+        check_same_grid(result.scan.volume, label, label_path)
+        window = result.scan.window
+        body = volume_body_mask(result.scan.volume[0].as_tensor(), (window.low, window.high)).numpy()
+        tally.add_scan(result.scan.source.name, result.anomaly.numpy(), label[0].numpy() > 0, body,
+                       result.scores.scores, result.scores.axis, result.threshold)
+
+    return score
 
 
 def _markdown(results: dict[str, Any]) -> str:
@@ -263,23 +266,14 @@ def evaluate_volumes(
     maps_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tally = CohortTally()
-    head_sha256 = file_sha256(Path(head)) if head else None
-    by_name = {pair.scan.name: pair for pair in pairs}
-    model.eval()
-    maps = None
-    if cohort is None or not cohort.applies_to(len(pairs)):
-        inferer = make_inferer(model, settings)
-    else:
-        settings, inferer, maps = prepare_cohort(model, [pair.scan for pair in pairs], settings, cohort, out_dir)
-    succeeded, failed = run_scans(
-        [pair.scan for pair in pairs], maps_dir,
-        lambda source: _score_scan(model, by_name[source.name], settings, maps_dir, head_sha256, inferer, tally,
-                                   maps),
-        overwrite=True, progress=settings.progress, where=data)
+    run = run_folder(model, [pair.scan for pair in pairs], maps_dir, replace(settings, overwrite=True),
+                     head_sha256=file_sha256(Path(head)) if head else None, cohort=cohort,
+                     after_scan=_scorer(pairs, tally), where=data)
+    failed = run.failed
     pooled = tally.pooled() if tally.rows else dict.fromkeys(VOLUME_METRICS, math.nan)
     device = next(model.parameters()).device
     results = {
-        "format": FORMAT, "protocol": PROTOCOL, "data": data, "threshold": mask_threshold(model, settings),
+        "format": FORMAT, "protocol": PROTOCOL, "data": data, "threshold": run.threshold,
         "counts": {"listed": len(pairs), "evaluated": len(tally.rows), "failed": failed},
         "pooled": pooled, "mean_over_scans": tally.mean_over_scans() if tally.rows else pooled,
         "scans": tally.rows, "failed": [p.scan.name for p in pairs if p.scan.name not in
@@ -287,7 +281,7 @@ def evaluate_volumes(
         "model": {"backbone": model.config.backbone, "image_size": model.config.image_size,
                   "taps": list(model.config.taps), "scoring": model.settings.scoring,
                   "map_reference": model.settings.map_reference, **_head_identity(model, head)},
-        "cohort": None if maps is None else maps.report(),
+        "cohort": run.cohort,
         "settings": {"planes": list(settings.planes), "window": settings.window, "batch_size": settings.batch_size},
         "environment": _environment(device), "command": list(command or []),
         "seconds": round(time.perf_counter() - started, 1),
@@ -295,5 +289,5 @@ def evaluate_volumes(
     write_results(results, out_dir, markdown=_markdown(results))
     _write_scan_csv(tally.rows, out_dir / "scans.csv")
     _write_curves(tally, pooled, out_dir)
-    logger.info("%d scans evaluated, %d failed; results in %s", succeeded, failed, out_dir)
+    logger.info("%d scans evaluated, %d failed; results in %s", run.succeeded, failed, out_dir)
     return results

@@ -35,7 +35,7 @@ from torch import nn
 from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings, fuse_patch_scores
 from visualad_med.model.cohort import head_patch_scores
 from visualad_med.model.cohort import patch_maps
-from .slices import SliceInferer
+from .slices import SliceInferer, slice_preprocessing
 from visualad_med.model.visualad import VisualAD, top_fraction_mean
 from visualad_med.model.mutual import cohort_scores, position_candidates, stack_features
 from visualad_med.model.reference_bank import ReferenceBank
@@ -108,24 +108,27 @@ class PassOne:
 
 
 def collect_features(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
-                     folder: Path) -> PassOne:
-    """Run every scan's slices with body through the model; features go to ``folder/<k>.npy``."""
+                     folder: Path, window: str | tuple[float, float] = "auto") -> PassOne:
+    """Run every scan's slices with body through the model (scans windowed by ``window``); features go to
+    ``folder/<k>.npy``."""
     if len(inferer.planes) != 1:
         raise ValueError(f"cohort and reference scoring run on one plane, got {list(inferer.planes)}")
     kept = PassOne()
     for source in scans:
         collector = _FeatureCollector(model, layers)
         try:
-            inferer(load_scan(source), collector)
+            scan = load_scan(source, window=window)
+            scores = inferer(scan.volume, collector,
+                             slice_preprocessing(model.config, (scan.window.low, scan.window.high))).scores
         except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
             kept.failed[source.name] = getattr(error, "reason", str(error))
             logger.warning("%s: left out of the cohort: %s", source.name, kept.failed[source.name])
             continue
-        run = [k for k, score in enumerate(inferer.last_scores.scores) if score is not None]
+        run = [k for k, score in enumerate(scores.scores) if score is not None]
         if not run:
             kept.failed[source.name] = "no slice with body"
             continue
-        length = max(1, len(inferer.last_scores.scores) - 1)
+        length = max(1, len(scores.scores) - 1)
         kept.files.append(folder / f"{len(kept.files)}.npy")
         np.save(kept.files[-1], np.concatenate(collector.features))
         kept.names.append(source.name)
@@ -136,10 +139,10 @@ def collect_features(model: VisualAD, scans: list[ScanSource], inferer: SliceInf
 
 
 def bank_from_scans(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
-                    work_dir: Path) -> ReferenceBank:
+                    work_dir: Path, window: str | tuple[float, float] = "auto") -> ReferenceBank:
     """A reference bank of every slice with body of a few normal scans, with their positions."""
     with tempfile.TemporaryDirectory(prefix=".reference_", dir=work_dir) as folder:
-        kept = collect_features(model, scans, inferer, layers, Path(folder))
+        kept = collect_features(model, scans, inferer, layers, Path(folder), window)
         if not kept.names:
             raise ValueError(f"no usable reference scan among {len(scans)}: {kept.failed}")
         features = torch.cat([torch.from_numpy(np.load(path)) for path in kept.files])
@@ -157,11 +160,12 @@ class CohortMaps:
 
     @classmethod
     def build(cls, model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, settings: CohortSettings,
-              work_dir: Path) -> CohortMaps:
-        """Pass 1 over ``scans`` and the cohort (or reference-bank) scoring (see the module docstring)."""
+              work_dir: Path, window: str | tuple[float, float] = "auto") -> CohortMaps:
+        """Pass 1 over ``scans`` (windowed by ``window``) and the cohort (or reference-bank) scoring (see the
+        module docstring)."""
         layers = settings.feature_layers(model)
         with tempfile.TemporaryDirectory(prefix=".cohort_", dir=work_dir) as folder:
-            pass_one = collect_features(model, scans, inferer, layers, Path(folder))
+            pass_one = collect_features(model, scans, inferer, layers, Path(folder), window)
             if not pass_one.names:
                 return cls(model, settings, {}, False, pass_one.failed)
             features = _ScanFeatures(pass_one.files)
@@ -214,7 +218,7 @@ def cohort_from_options(model: VisualAD, scoring: str | None, reference: str | P
             instead of the cohort (scoring ``visualad+mutual`` unless ``mutual``).
         reference_bank: a saved bank to use instead of ``reference``.
         out_dir: the run's output folder.
-        run_settings: a volume run's :class:`~visualad_med.inference.folder.RunSettings` (for reading reference scans).
+        run_settings: a volume run's :class:`~visualad_med.inference.settings.RunSettings` (for reading reference scans).
         resize: a 2D run's resize policy (reference images are read the same way).
         options: ``fraction``, ``neighbours``, ``window`` (``None``: the default).
 
@@ -257,10 +261,8 @@ def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], ou
         if not images:
             raise ValueError(f"reference {folder}: no image files (PNG, JPEG, TIFF, BMP)")
         return bank_from_images(model, images, layers, resize)
-    from .folder import make_inferer
-
     scans = find_scans(folder)
     if not scans:
         raise ValueError(f"reference {folder}: no scans (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return bank_from_scans(model, scans, make_inferer(model, run_settings), layers, out_dir)
+    return bank_from_scans(model, scans, run_settings.inferer(model), layers, out_dir, run_settings.window)

@@ -1,35 +1,47 @@
 """Volume inference: the 2D model over every slice of a scan, maps reassembled in the scan's geometry.
 
-The model is 2D and never sees a 3D tensor: :class:`SliceInferer` resolves the
-intensity window once on the whole volume (a CT window in HU, or the volume's
-own percentiles), cuts the volume into slabs of slices along the chosen
-anatomical plane (memory stays bounded whatever the scan's length), windows
-each slab, runs the slices that contain body through the model in batches, and
-adds the smoothed maps back on the voxel grid with the exact inverse of the
-slice transforms. With several planes (tri-planar fusion) the volumes are averaged.
+The model is 2D and never sees a 3D tensor: :class:`SliceInferer` takes the scan's
+preprocessing (a :class:`~visualad_med.transforms.SlicePipeline` per plane, which windows with
+the range the scan was loaded with, slices, resizes and normalises), cuts the volume into slabs
+of slices along each plane (memory stays bounded whatever the scan's length), runs the slices
+that contain body through the model in batches, and adds the smoothed maps back on the voxel
+grid with the exact inverse of the slice transforms. With several planes (tri-planar fusion) the
+volumes are averaged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.transforms.utils_pytorch_numpy_unification import percentile
 from tqdm import tqdm
 
-from visualad_med.model.visualad import VisualAD
+from visualad_med.errors import SettingError
+from visualad_med.model.checkpoint import HeadConfig
 from visualad_med.model.devices import autocast
-from visualad_med.transforms import CT_WINDOWS, PLANES, WindowIntensity, WindowSpec, anatomical_axis, slice_pipeline
+from visualad_med.model.visualad import VisualAD
+from visualad_med.transforms import PLANES, SlicePipeline, anatomical_axis, slice_pipeline
 
 logger = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01
 """Fraction of the volume's voxels averaged for the ``top1pct_mean`` scan score."""
+
+SlicePreprocessing = Callable[[str], SlicePipeline]
+"""The preprocessing of one scan: a plane name to the :class:`~visualad_med.transforms.SlicePipeline` of it."""
+
+
+def slice_preprocessing(config: HeadConfig, intensity_range: tuple[float, float]) -> SlicePreprocessing:
+    """The preprocessing a model's slices need: its input size and normalisation, the scan's window range."""
+    return functools.partial(slice_pipeline, config.image_size, config.mean, config.std, intensity_range)
 
 
 @dataclass
@@ -41,9 +53,6 @@ class SliceScores:
         axis: array axis of the volume that was sliced.
         scores: one entry per array index along ``axis``: the slice's image
             score (top-1 % mean of its map), ``None`` for slices without body.
-        window: the intensity window that was applied (``"percentile"``, a CT
-            preset name or ``(width, level)`` in HU).
-        intensity_range: ``(low, high)`` input intensities mapped to 0 and 1 (HU for CT).
         seconds: wall time of all planes (slicing, model, reassembly).
         model_seconds: time spent in model calls (inputs to the device, maps back), all planes.
         slices_run: slices that went through the model, over all planes.
@@ -53,12 +62,22 @@ class SliceScores:
     plane: str
     axis: int
     scores: list[float | None]
-    window: WindowSpec | None = None
-    intensity_range: tuple[float, float] | None = None
     seconds: float = 0.0
     model_seconds: float = 0.0
     slices_run: int = 0
     per_plane_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class ScanMaps(NamedTuple):
+    """What :class:`SliceInferer` returns for one volume.
+
+    Attributes:
+        anomaly: float32 ``MetaTensor`` ``(1, X, Y, Z)`` on the CPU with the input's meta (affine).
+        scores: per-slice scores and timings.
+    """
+
+    anomaly: MetaTensor
+    scores: SliceScores
 
 
 class SliceInferer(Inferer):
@@ -66,17 +85,15 @@ class SliceInferer(Inferer):
 
     Args:
         planes: ``axial``, ``coronal``, ``sagittal``; more than one averages the volumes.
-        window: ``auto``, ``percentile``, a CT preset or ``(width, level)`` in HU
-            (see :mod:`visualad_med.transforms`); percentiles are taken over the
-            whole volume, not per slab.
         batch_size: slices per model call.
         slab_slices: slices prepared at a time (bounds memory).
         device: where the model runs (inputs are moved there batch by batch).
         skip_empty: leave out slices without body (their map is 0, score ``None``).
         progress: show a progress bar per plane.
 
-    Calling it returns a float32 ``MetaTensor`` ``(1, X, Y, Z)`` on the CPU with
-    the input's meta; :attr:`last_scores` holds the :class:`SliceScores` of that call.
+    Call it with the volume, the network (anything with ``config`` that maps ``(B, 3, S, S)``
+    images to ``{"map", "score"}``) and the scan's :data:`SlicePreprocessing`
+    (:func:`slice_preprocessing`); it returns :class:`ScanMaps`.
 
     Raises:
         ValueError: for no planes, an unknown or repeated plane, or sizes below 1.
@@ -85,7 +102,6 @@ class SliceInferer(Inferer):
     def __init__(
         self,
         planes: tuple[str, ...] = ("axial",),
-        window: str | tuple[float, float] = "auto",
         batch_size: int = 8,
         slab_slices: int = 64,
         device: torch.device | str = "cpu",
@@ -95,64 +111,40 @@ class SliceInferer(Inferer):
         super().__init__()
         check_planes(planes)
         if batch_size < 1 or slab_slices < 1:
-            raise ValueError(f"batch_size and slab_slices must be >= 1, got {batch_size} and {slab_slices}")
+            raise SettingError("batch_size", f"batch_size and slab_slices must be >= 1, got {batch_size} and "
+                               f"{slab_slices}")
         self.planes = tuple(planes)
-        self.windowing = WindowIntensity(window)
         self.batch_size = batch_size
         self.slab_slices = slab_slices
         self.device = torch.device(device)
         self.skip_empty = skip_empty
         self.progress = progress
-        self.last_scores: SliceScores | None = None
 
-    def __call__(self, inputs: MetaTensor, network: VisualAD, *args, **kwargs) -> MetaTensor:
+    def __call__(self, inputs: MetaTensor, network: VisualAD, preprocessing: SlicePreprocessing, *args,
+                 **kwargs) -> ScanMaps:
         """Anomaly map volume of ``inputs`` (``(1, X, Y, Z)`` ``MetaTensor``, HU for CT)."""
         if not isinstance(inputs, MetaTensor) or inputs.ndim != 4 or inputs.shape[0] != 1:
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"expected a single-channel MetaTensor volume (1, X, Y, Z), got {shape}")
         started = time.perf_counter()
-        applied = self.windowing.resolve(inputs)
-        low, high = self._intensity_range(inputs, applied)
         total = torch.zeros(inputs.shape[1:], dtype=torch.float32)
         axis = anatomical_axis(inputs.affine, self.planes[0])
-        scores = SliceScores(self.planes[0], axis, [None] * inputs.shape[axis + 1], applied, (low, high))
+        scores = SliceScores(self.planes[0], axis, [None] * inputs.shape[axis + 1])
         for plane in self.planes:
             plane_started = time.perf_counter()
-            plane_scores = self._plane(inputs, network, plane, (low, high), total, scores)
+            plane_scores = self._plane(inputs, network, preprocessing(plane), total, scores)
             if plane == self.planes[0]:
                 scores.scores = plane_scores
             scores.per_plane_seconds[plane] = time.perf_counter() - plane_started
         total /= len(self.planes)
         scores.seconds = time.perf_counter() - started
-        self.last_scores = scores
-        return MetaTensor(total.unsqueeze(0), meta=dict(inputs.meta))
-
-    def _intensity_range(self, inputs: MetaTensor, window: WindowSpec) -> tuple[float, float]:
-        """Input intensities ``(low, high)`` that the window maps to 0 and 1.
-
-        A CT window gives ``level -+ width / 2`` HU. Percentile scaling takes the
-        percentiles of the whole volume (as MONAI's ``ScaleIntensityRangePercentiles``
-        does); when they coincide (more than 99 % of the voxels share one value, e.g.
-        a small object on a blank background) it falls back to the volume's minimum
-        and maximum, with a warning, instead of leaving the intensities unscaled.
-        """
-        if window != "percentile":
-            width, level = _width_level(window)
-            return level - width / 2.0, level + width / 2.0
-        voxels = inputs.as_tensor()
-        low, high = (float(v) for v in percentile(voxels, list(self.windowing.percentiles)))
-        if high <= low:
-            low, high = float(voxels.min()), float(voxels.max())
-            logger.warning("%s: percentiles %s of the intensities coincide; scaling min..max (%g..%g) instead",
-                           inputs.meta.get("scan_name", "scan"), self.windowing.percentiles, low, high)
-        return low, high
+        return ScanMaps(MetaTensor(total.unsqueeze(0), meta=dict(inputs.meta)), scores)
 
     def _plane(
         self,
         inputs: MetaTensor,
         network: VisualAD,
-        plane: str,
-        intensity_range: tuple[float, float],
+        pipeline: SlicePipeline,
         total: torch.Tensor,
         scores: SliceScores,
     ) -> list[float | None]:
@@ -160,23 +152,20 @@ class SliceInferer(Inferer):
 
         ``scores.slices_run`` and ``scores.model_seconds`` are updated in place.
         """
-        config = network.config
-        low, high = intensity_range
-        axis = anatomical_axis(inputs.affine, plane)
+        size = network.config.image_size
+        axis = anatomical_axis(inputs.affine, pipeline.plane)
         length = inputs.shape[axis + 1]
         plane_scores: list[float | None] = [None] * length
-        if high <= low:  # a constant volume: no body anywhere, the map stays 0
+        if pipeline.blank:  # a constant volume: no body anywhere, the map stays 0
             return plane_scores
-        window = (high - low, (high + low) / 2.0)
-        pipeline = slice_pipeline(config.image_size, config.mean, config.std, window=window, plane=plane)
-        bar = tqdm(total=length, desc=f"{inputs.meta.get('scan_name', 'scan')} {plane}", unit="slice",
-                   leave=False, disable=not self.progress)
+        bar = tqdm(total=length, desc=f"{inputs.meta.get('scan_name', 'scan')} {pipeline.plane}",
+                   unit="slice", leave=False, disable=not self.progress)
         for start in range(0, length, self.slab_slices):
             count = min(self.slab_slices, length - start)
             slab = MetaTensor(inputs.as_tensor().narrow(axis + 1, start, count), meta=dict(inputs.meta))
             slices, info = pipeline.forward(slab)
             keep = info.body if self.skip_empty else torch.ones_like(info.body)
-            maps = torch.zeros(slices.shape[0], config.image_size, config.image_size)
+            maps = torch.zeros(slices.shape[0], size, size)
             wanted = torch.nonzero(keep).flatten()
             for batch in wanted.split(self.batch_size) if wanted.numel() else ():  # split() of nothing is (empty,)
                 called = time.perf_counter()
@@ -198,12 +187,7 @@ def check_planes(planes: tuple[str, ...]) -> None:
     """Raise ``ValueError`` unless ``planes`` is a non-empty list of distinct known planes."""
     unknown = [plane for plane in planes if plane not in PLANES]
     if not planes or unknown or len(set(planes)) != len(planes):
-        raise ValueError(f"planes must be distinct names among {sorted(PLANES)}, got {list(planes)}")
-
-
-def _width_level(window: WindowSpec) -> tuple[float, float]:
-    """``(width, level)`` in HU of a CT preset name or an explicit pair."""
-    return CT_WINDOWS[window] if isinstance(window, str) else (float(window[0]), float(window[1]))
+        raise SettingError("planes", f"planes must be distinct names among {sorted(PLANES)}, got {list(planes)}")
 
 
 def scan_scores(volume_map: torch.Tensor, slice_scores: list[float | None]) -> dict[str, float | None]:

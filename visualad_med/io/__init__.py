@@ -1,14 +1,14 @@
 """Scans in, results out: find scans in a folder, load them as volumes, write results in their geometry.
 
-Public API: :func:`find_scans` -> :class:`ScanSource`; :func:`load_scan` -> ``MetaTensor``
-``(1, X, Y, Z)`` with a RAS affine, or :class:`ScanLoadError`; :class:`DicomSeries` to go from a
+Public API: :func:`find_scans` -> :class:`ScanSource`; :func:`load_scan` -> :class:`Scan` (the
+``(1, X, Y, Z)`` volume with a RAS affine, its DICOM series, its resolved window), or :class:`ScanLoadError`; :class:`DicomSeries` to go from a
 slice of a loaded DICOM volume back to its source dataset; writers :func:`write_nifti`,
 :func:`write_seg_nrrd`, :func:`write_dicom_seg`, :func:`write_json`, :func:`write_summary_csv`.
 """
 
-from .dicom_series import MAX_GAP_SLICES, DicomSeries, read_series
+from .dicom_series import MAX_GAP_SLICES, DicomSeries
 from .discover import find_scans
-from .load import MAX_VOXELS, load_scan
+from .load import MAX_VOXELS, Scan, load_scan
 from .sitk_reader import SimpleITKReader
 from .sources import ScanLoadError, ScanSource
 from .writers import write_dicom_seg, write_json, write_nifti, write_seg_nrrd, write_summary_csv
@@ -17,12 +17,12 @@ __all__ = [
     "MAX_GAP_SLICES",
     "MAX_VOXELS",
     "DicomSeries",
+    "Scan",
     "ScanLoadError",
     "ScanSource",
     "SimpleITKReader",
     "find_scans",
     "load_scan",
-    "read_series",
     "write_dicom_seg",
     "write_json",
     "write_nifti",

@@ -25,7 +25,6 @@ indices to RAS millimetres (MONAI's convention; LPS is DICOM's), voxel centres a
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from scipy import ndimage
 
 from .sources import ScanLoadError
 
-__all__ = ["MAX_GAP_SLICES", "DicomSeries", "read_series"]
+__all__ = ["MAX_GAP_SLICES", "DicomSeries"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,17 +240,6 @@ class DicomSeries:
                 self.interpolated_slices,
                 spacing,
             )
-
-
-@functools.lru_cache(maxsize=2)
-def read_series(files: tuple[Path, ...], max_gap_slices: int) -> DicomSeries:
-    """:meth:`DicomSeries.from_files`, cached for the last two series.
-
-    Loading a scan and writing its DICOM SEG both need the series; the cache
-    reads its headers (and logs its repairs) once per scan; both must pass the
-    same arguments, positionally, to hit the cache.
-    """
-    return DicomSeries.from_files(files, max_gap_slices=max_gap_slices)
 
 
 def _read_header(path: Path) -> pydicom.Dataset:

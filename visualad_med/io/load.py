@@ -1,6 +1,7 @@
-"""Read a scan as a channel-first ``MetaTensor`` through MONAI's ``LoadImage``, or say why it cannot be read.
+"""Read a scan through MONAI's ``LoadImage`` into a :class:`Scan`, or say why it cannot be read.
 
-Every loaded volume is ``(1, X, Y, Z)`` float32 with a ``(4, 4)`` RAS affine (voxel index to mm,
+A :class:`Scan` carries the volume, the DICOM series behind it (to reference it in a DICOM SEG)
+and its intensity window, resolved once on the whole volume. Every loaded volume is ``(1, X, Y, Z)`` float32 with a ``(4, 4)`` RAS affine (voxel index to mm,
 MONAI's convention; voxel centres at integer indices) and meta keys ``Modality`` (``""`` when the
 format has none), ``scan_name`` and MONAI's usual ``affine``, ``original_affine``,
 ``spatial_shape``, ``space``, ``filename_or_obj``. Arrays keep the file's axis order (no
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -26,12 +29,14 @@ from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 from monai.utils import MetaKeys
 
-from .dicom_series import MAX_GAP_SLICES, read_series
+from visualad_med.transforms import ResolvedWindow, resolve_intensity_window
+
+from .dicom_series import MAX_GAP_SLICES, DicomSeries
 from .discover import find_scans
 from .sitk_reader import SimpleITKReader
 from .sources import ScanLoadError, ScanSource
 
-__all__ = ["MAX_VOXELS", "load_scan"]
+__all__ = ["MAX_VOXELS", "Scan", "load_scan"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +46,48 @@ MAX_VOXELS = 1 << 31
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+@dataclass
+class Scan:
+    """One loaded scan, with what every later step needs of it.
+
+    Attributes:
+        source: where it was found.
+        volume: ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine (HU for CT).
+        series: the DICOM series it was read from (frames, positions, datasets), ``None`` for other formats.
+        window: the intensity window resolved on the whole volume; ``None`` when loaded without one
+            (label volumes).
+    """
+
+    source: ScanSource
+    volume: MetaTensor
+    series: DicomSeries | None
+    window: ResolvedWindow | None
+
+
 @functools.cache
 def _loader() -> LoadImage:
     return LoadImage(image_only=True, ensure_channel_first=True)
 
 
 def load_scan(
-    source: ScanSource | Path | str, *, max_gap_slices: int = MAX_GAP_SLICES, max_voxels: int = MAX_VOXELS
-) -> MetaTensor:
-    """Load one scan as a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with its RAS affine.
+    source: ScanSource | Path | str,
+    *,
+    window: str | Sequence[float] | None = "auto",
+    max_gap_slices: int = MAX_GAP_SLICES,
+    max_voxels: int = MAX_VOXELS,
+) -> Scan:
+    """Load one scan: its ``(1, X, Y, Z)`` float32 volume with its RAS affine, series and window.
 
     Args:
         source: a scan from :func:`~visualad_med.io.find_scans`, or a path holding exactly one.
+        window: ``auto`` (CT brain window for CT, percentiles otherwise), ``percentile``, a CT preset
+            or ``(width, level)`` in HU (:func:`~visualad_med.transforms.resolve_intensity_window`);
+            ``None`` for none (label volumes).
         max_gap_slices: most consecutive missing DICOM slices filled by interpolation.
         max_voxels: largest number of voxels a header may declare.
 
     Returns:
-        The volume; see the module docstring for its layout and meta keys.
+        The scan; see the module docstring for the volume's layout and meta keys.
 
     Raises:
         ScanLoadError: for any input that is not one readable 3D scalar volume, naming the file
@@ -74,9 +104,10 @@ def load_scan(
             raise ScanLoadError(path, "no such file")
         if path.stat().st_size == 0:
             raise ScanLoadError(path, "empty file (0 bytes)")
+    series = None
     try:
         if source.kind == "dicom":
-            image = _load_dicom(source, max_gap_slices)
+            image, series = _load_dicom(source, max_gap_slices)
         elif source.kind == "nifti":
             image = _load_nifti(source.files[0], max_voxels)
         else:
@@ -90,11 +121,11 @@ def load_scan(
     image.meta["Modality"] = source.modality or ""
     image.meta["scan_name"] = source.name
     logger.info("%s: loaded %s volume %s", source.name, source.kind, tuple(image.shape[1:]))
-    return image
+    return Scan(source, image, series, None if window is None else resolve_intensity_window(image, window))
 
 
-def _load_dicom(source: ScanSource, max_gap_slices: int) -> MetaTensor:
-    series = read_series(tuple(source.files), max_gap_slices)
+def _load_dicom(source: ScanSource, max_gap_slices: int) -> tuple[MetaTensor, DicomSeries]:
+    series = DicomSeries.from_files(tuple(source.files), max_gap_slices=max_gap_slices)
     try:
         stack = _loader()(list(series.files), reader=SimpleITKReader())
     except RuntimeError as error:
@@ -117,7 +148,7 @@ def _load_dicom(source: ScanSource, max_gap_slices: int) -> MetaTensor:
             "interpolated_slices": series.interpolated_slices,
         }
     )
-    return MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(series.affine), meta=meta)
+    return MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(series.affine), meta=meta), series
 
 
 def _first_unreadable(files: tuple[Path, ...]) -> Path | None:

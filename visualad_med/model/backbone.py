@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from visualad_med.errors import SettingError
+
 NUM_INSERTED_TOKENS = 2
 
 
@@ -119,7 +121,7 @@ class TokenViT(nn.Module):
         depth = len(vit.blocks)
         bad = [t for t in taps if not 1 <= t <= depth]
         if bad or not taps:
-            raise ValueError(f"tap layers {list(taps)} do not fit a backbone of depth {depth}")
+            raise SettingError("taps", f"tap layers {list(taps)} do not fit a backbone of depth {depth}")
         self.vit = vit.eval().requires_grad_(False)
         self.vit.patch_embed.strict_img_size = False
         self.taps = tuple(sorted(taps))
@@ -216,7 +218,7 @@ class TokenViT(nn.Module):
 def num_patches(image_size: int, patch_size: int) -> int:
     """Patch count of a square input; ``image_size`` must be a multiple of ``patch_size``."""
     if image_size % patch_size:
-        raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+        raise SettingError("image_size", f"image size {image_size} is not a multiple of the patch size {patch_size}")
     return (image_size // patch_size) ** 2
 
 

@@ -30,6 +30,7 @@ from .visualad import VisualAD, upsample_scores
 from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
+from visualad_med.errors import SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class CohortSettings:
 
     def __post_init__(self) -> None:
         if self.scoring not in COHORT_SCORINGS:
-            raise ValueError(f"unknown cohort scoring {self.scoring!r}; valid: {', '.join(COHORT_SCORINGS)}")
+            raise SettingError("scoring", f"unknown cohort scoring {self.scoring!r}; valid: {', '.join(COHORT_SCORINGS)}")
         if not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0:
             raise ValueError(f"cohort settings out of range: fraction {self.fraction} (0..1], neighbours "
                              f"{self.neighbours} >= 1, per_scan {self.per_scan} >= 1, window {self.window} >= 0")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from visualad_med.errors import SettingError
+
 from .body_reference import MAP_REFERENCES
 from .checkpoint import HeadConfig
 
@@ -34,9 +36,10 @@ class MapSettings:
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
-            raise ValueError(f"unknown scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
+            raise SettingError("scoring", f"unknown scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
         if self.map_reference not in MAP_REFERENCES:
-            raise ValueError(f"unknown map reference {self.map_reference!r}; valid: {', '.join(MAP_REFERENCES)}")
+            raise SettingError("map_reference", f"unknown map reference {self.map_reference!r}; valid: "
+                               f"{', '.join(MAP_REFERENCES)}")
 
     @classmethod
     def of(cls, config: HeadConfig) -> MapSettings:

@@ -38,6 +38,10 @@ STATE_NAME = "train_state.pt"
 FINAL_HEAD = "head.safetensors"
 
 
+HEAD_LR_FACTOR = 0.1
+"""The head's learning rate relative to the tokens' (the reference's recipe)."""
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of the auxiliary stage (reference values by default).
@@ -46,7 +50,7 @@ class TrainConfig:
         epochs: passes over the data.
         batch_size: images per step (per process under ``torchrun``).
         lr_tokens: learning rate of the anomaly and normal tokens.
-        lr_head: learning rate of the final norm, SCA and SAF.
+        lr_head: learning rate of the final norm, SCA and SAF; ``None``: :data:`HEAD_LR_FACTOR` x ``lr_tokens``.
         weight_decay: AdamW weight decay.
         final_lr_fraction: cosine annealing ends at this fraction of each rate.
         token_clip: gradient-norm clip applied to each token separately.
@@ -60,7 +64,7 @@ class TrainConfig:
     epochs: int = 2
     batch_size: int = 8
     lr_tokens: float = 1e-3
-    lr_head: float = 1e-4
+    lr_head: float | None = None
     weight_decay: float = 0.01
     final_lr_fraction: float = 0.1
     token_clip: float = 1.0
@@ -69,6 +73,10 @@ class TrainConfig:
     workers: int = 0
     calibration_images: int | None = None
     precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.lr_head is None:
+            self.lr_head = HEAD_LR_FACTOR * self.lr_tokens
 
 
 def cosine_factor(epoch: int, epochs: int, final_fraction: float) -> float:

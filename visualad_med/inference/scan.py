@@ -1,0 +1,160 @@
+"""One scan through the model and out to disk: load, slice, infer, threshold, write in the scan's geometry.
+
+Read top to bottom, this is the data path of every scan of ``visualad-med infer``, of the
+bundle's inference workflow and of volume evaluation:
+
+1. :func:`run_scan`: :func:`~visualad_med.io.load_scan` (the volume, its DICOM series, its
+   window resolved once), the scan's :func:`~visualad_med.inference.slices.slice_preprocessing`,
+   the :class:`~visualad_med.inference.slices.SliceInferer` (slices in batches through the
+   model, maps back on the voxel grid), the mask at the run's threshold;
+2. :func:`write_scan_outputs`: per scan ``<name>_anomaly.nii.gz`` (float32 map),
+   ``<name>_mask.nii.gz`` (uint8 labelmap), ``<name>_mask.seg.nrrd`` (3D Slicer segmentation,
+   segment "anomaly"), for DICOM input ``<name>_seg.dcm`` (DICOM SEG referencing the source
+   series), and ``<name>_report.json``, written last: its presence marks a finished scan.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from visualad_med import __version__
+from visualad_med.io import Scan, ScanSource, load_scan, write_dicom_seg, write_json, write_nifti, write_seg_nrrd
+from visualad_med.model.visualad import VisualAD
+
+from .settings import RunSettings
+from .slices import SliceInferer, SliceScores, scan_scores, slice_preprocessing
+
+ALGORITHM_NAME = "VisualAD zero-shot anomaly detection"
+"""The algorithm a DICOM SEG names."""
+
+
+def output_paths(out_dir: Path, name: str, dicom: bool) -> dict[str, Path]:
+    """Output files of scan ``name``; the report comes last."""
+    paths = {
+        "anomaly": out_dir / f"{name}_anomaly.nii.gz",
+        "mask": out_dir / f"{name}_mask.nii.gz",
+        "segmentation": out_dir / f"{name}_mask.seg.nrrd",
+    }
+    if dicom:
+        paths["dicom_seg"] = out_dir / f"{name}_seg.dcm"
+    paths["report"] = out_dir / f"{name}_report.json"
+    return paths
+
+
+@dataclass
+class ScanResult:
+    """One scan through the model, before anything is written.
+
+    Attributes:
+        scan: the loaded scan (volume with affine and meta, DICOM series, window).
+        anomaly: ``(X, Y, Z)`` float32 map.
+        mask: ``(X, Y, Z)`` uint8 mask at ``threshold``.
+        threshold: the threshold on the map that made ``mask``.
+        scores: the inferer's per-slice scores and timings.
+        times: ``time.perf_counter()`` at the start, after loading and after inference.
+    """
+
+    scan: Scan
+    anomaly: torch.Tensor
+    mask: torch.Tensor
+    threshold: float
+    scores: SliceScores
+    times: tuple[float, float, float]
+
+
+def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer: SliceInferer | None = None,
+             network: nn.Module | None = None) -> ScanResult:
+    """Load one scan and run the model over its slices; raises on failure.
+
+    ``inferer`` defaults to ``settings.inferer(model)``; ``network`` (default ``model``) is what the
+    inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.inference.cohort`).
+    """
+    started = time.perf_counter()
+    scan = load_scan(source, window=settings.window)
+    loaded = time.perf_counter()
+    inferer = inferer or settings.inferer(model)
+    window = (scan.window.low, scan.window.high)
+    maps = inferer(scan.volume, network or model, slice_preprocessing(model.config, window))
+    inferred = time.perf_counter()
+    anomaly = maps.anomaly[0]
+    threshold = settings.mask_threshold(model)
+    mask = (anomaly > threshold).to(torch.uint8)
+    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (started, loaded, inferred))
+
+
+def _write_series_seg(scan: Scan, mask: np.ndarray, path: Path) -> None:
+    """The mask as a DICOM SEG referencing the scan's series."""
+    write_dicom_seg(scan.series.to_source_frames(mask), scan.series.datasets, path, ALGORITHM_NAME, __version__)
+
+
+def write_scan_outputs(model: VisualAD, result: ScanResult, out_dir: Path, settings: RunSettings,
+                       head_sha256: str | None, extra_report: dict | None = None) -> dict:
+    """Write the outputs of one scan (report last) and return the report.
+
+    Args:
+        model: the model that made the map (its config and settings are recorded).
+        result: the scan through the model (:func:`run_scan`).
+        out_dir: output folder.
+        settings: the run's settings (planes and the user's threshold are recorded).
+        head_sha256: sha256 of the head file, ``None`` for an untrained head.
+        extra_report: keys added to (or replacing those of) the report.
+    """
+    scan = result.scan
+    affine = scan.volume.affine.numpy()
+    paths = output_paths(out_dir, scan.source.name, scan.series is not None)
+    mask = result.mask.numpy()
+    writes = [(write_nifti, result.anomaly.numpy(), affine, paths["anomaly"]),
+              (write_nifti, mask, affine, paths["mask"]),
+              (write_seg_nrrd, mask, affine, paths["segmentation"])]
+    if scan.series is not None:
+        writes.append((_write_series_seg, scan, mask, paths["dicom_seg"]))
+    with ThreadPoolExecutor(max_workers=len(writes)) as pool:  # gzip and DICOM encoding release the GIL
+        for done in [pool.submit(*write) for write in writes]:
+            done.result()
+    report = {**scan_report(model, result, settings, head_sha256, time.perf_counter()),
+              "outputs": {key: path.name for key, path in paths.items()}, **(extra_report or {})}
+    write_json(report, paths["report"])
+    return report
+
+
+def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head_sha256: str | None,
+                finished: float) -> dict:
+    """What ``<name>_report.json`` says of a scan, its model and its timings (``finished``: perf_counter)."""
+    scan, scores = result.scan, result.scores
+    started, loaded, inferred = result.times
+    affine = scan.volume.affine.numpy()
+    source = scan.source
+    return {
+        "scan": source.name,
+        "source": {"kind": source.kind, "files": len(source.files), "path": str(source.path),
+                   "modality": source.modality, "series_uid": source.series_uid},
+        "shape": list(result.anomaly.shape),
+        "affine": affine.tolist(),
+        "spacing_mm": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
+        "gantry_tilt_deg": scan.volume.meta.get("gantry_tilt_deg"),
+        "interpolated_slices": scan.volume.meta.get("interpolated_slices"),
+        "window": scan.window.spec,
+        "window_range": (scan.window.low, scan.window.high),
+        "planes": list(settings.planes),
+        "threshold": result.threshold,
+        "threshold_source": "head (F1-max on industrial training data)" if settings.threshold is None else "user",
+        "scores": {**scan_scores(result.anomaly, scores.scores), "slice_axis": scores.axis,
+                   "slice_plane": scores.plane, "per_slice": scores.scores},
+        "anomalous_voxels": int(result.mask.sum()),
+        "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,
+                  "image_size": model.config.image_size, "taps": list(model.config.taps),
+                  "scoring": model.settings.scoring, "map_reference": model.settings.map_reference,
+                  "head_sha256": head_sha256, "visualad_med": __version__},
+        "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - loaded, 3),
+                    "write": round(finished - inferred, 3), "total": round(finished - started, 3),
+                    "model": round(scores.model_seconds, 3),
+                    "per_slice": round((inferred - loaded) / max(1, scores.slices_run), 4),
+                    "slices_run": scores.slices_run},
+    }

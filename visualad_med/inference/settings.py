@@ -1,0 +1,61 @@
+"""The settings of a run over scans, apart from the model and its checkpoint.
+
+The model's own run choices (scoring, map reference, calibrated threshold) are its
+:class:`~visualad_med.model.map_settings.MapSettings`; cohort scoring is a
+:class:`~visualad_med.model.cohort.CohortSettings`. What is left, how scans are sliced and
+written, is :class:`RunSettings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from visualad_med.errors import SettingError
+from visualad_med.model.visualad import VisualAD
+from visualad_med.transforms import resolve_window
+
+from .slices import SliceInferer, check_planes
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Options of a run over scans.
+
+    Attributes:
+        planes: anatomical planes; several average the maps (tri-planar fusion).
+        window: intensity window (``auto`` picks from Modality; see :mod:`visualad_med.transforms`).
+        batch_size: slices per model call.
+        threshold: on the map; ``None`` uses the head's calibrated threshold (or the cohort rule).
+        overwrite: redo scans whose report already exists.
+        skip_empty: leave slices without body out of the model (map 0, score absent).
+        progress: show progress bars.
+    """
+
+    planes: tuple[str, ...] = ("axial",)
+    window: str | tuple[float, float] = "auto"
+    batch_size: int = 8
+    threshold: float | None = None
+    overwrite: bool = False
+    skip_empty: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Check the settings before any scan is read, so a typo fails the run once, not every scan."""
+        check_planes(self.planes)
+        if self.window != "auto":
+            try:
+                resolve_window(self.window)
+            except ValueError as error:
+                raise SettingError("window", str(error)) from None
+        if self.batch_size < 1:
+            raise SettingError("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
+
+    def inferer(self, model: VisualAD) -> SliceInferer:
+        """The :class:`SliceInferer` of these settings, on the model's device."""
+        device = next(model.parameters()).device
+        return SliceInferer(self.planes, self.batch_size, device=device, skip_empty=self.skip_empty,
+                            progress=self.progress)
+
+    def mask_threshold(self, model: VisualAD) -> float:
+        """The threshold on the map: these settings', else the model's calibrated one."""
+        return model.threshold if self.threshold is None else self.threshold
