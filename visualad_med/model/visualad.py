@@ -28,7 +28,7 @@ from .backbone import (
     resize_patch_table,
     square_grid,
 )
-from .checkpoint import HeadCheckpointError, HeadConfig
+from .checkpoint import SCORINGS, HeadCheckpointError, HeadConfig
 from .head import SelfAlignment, SpatialCrossAttention, token_contrast
 from .body_reference import MAP_REFERENCES, body_mask, reference_to_body
 from .selfsim import default_layers, self_similarity_scores
@@ -37,7 +37,6 @@ from .smoothing import GaussianSmoothing
 logger = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.01
-SCORINGS = ("visualad", "selfsim", "combined")
 
 
 def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
