@@ -34,7 +34,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backbone-weights",
         default=None,
-        help="local backbone weights (.safetensors, .pth, OpenAI CLIP .pt); 'random' for smoke tests",
+        help="local backbone weights (.safetensors or a .pth/.pt state dict; TorchScript archives are refused, "
+        "as loading them runs code); 'random' for smoke tests",
     )
     group.add_argument("--image-size", type=int, default=None, help="model input side in pixels (untrained heads)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
@@ -289,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="2D images -> heat-map overlay PNG and JSON score per image",
         description="Score 2D images (PNG, JPEG, TIFF, BMP; grey, RGB or RGBA; 8 or 16 bit). Writes "
         "<stem>_overlay.png and <stem>.json (score = mean of the top 1%% of the smoothed map; anomalous = "
-        "score above the head's calibrated threshold) into --out.",
+        "score above the head's calibrated threshold) into --out. When two images share a file name (a/000.png, "
+        "b/000.png) their parent folders join the stem (a_000, b_000). An unreadable image (truncated, a "
+        "decompression bomb, NaN pixels, or more pixels than the memory budget VISUALAD_MED_MEMORY_BUDGET_GB "
+        "allows) is reported and skipped (exit code 1).",
     )
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", required=True, help="output folder")

@@ -9,10 +9,19 @@ irregularities are repaired so that the grid is exact and orthogonal (NIfTI read
   is shifted in-plane relative to the previous one. The grid keeps the acquired planes (its slice
   axis is the normal, its slice spacing the step along the normal) and each slice is moved by its
   in-plane offset, by linear interpolation; the grid is widened so that no pixel falls off.
+  A tilt above :data:`MAX_TILT_DEG`, or a grid plane more than :data:`MAX_GRID_WIDENING` times
+  a slice's pixels, is refused: that is no gantry tilt but a broken geometry, and its grid
+  would be mostly fill.
 * Missing slices: a gap that is a whole number of slice steps (at most ``max_gap_slices``
   missing in a row) is filled by linear interpolation between its neighbours, with a warning.
   Larger gaps, positions off the regular grid, and duplicated positions raise
   :class:`ScanLoadError`.
+
+Each slice's header is checked before any pixel is decoded: a PixelData element shorter than
+``Rows x Columns x SamplesPerPixel x BitsAllocated / 8`` (uncompressed transfer syntaxes) or
+running past the end of the file, a file without the 128-byte preamble, and a rescale
+(``RescaleSlope``, ``RescaleIntercept``) that is not finite or sends stored values outside the
+float32 range raise :class:`ScanLoadError`.
 
 Written here because no library does it: MONAI's PydicomReader sorts by InstanceNumber and spaces
 slices evenly between the first and the last, ITK (SimpleITK) assumes the normal as the slice
@@ -47,6 +56,18 @@ POSITION_TOLERANCE = 0.1
 
 MAX_GAP_SLICES = 2
 """Default for the most consecutive missing slices filled by interpolation."""
+
+MAX_TILT_DEG = 45.0
+"""Largest angle (degrees) between the slice stepping direction and the normal; CT gantries tilt up to 30."""
+
+MAX_GRID_WIDENING = 4.0
+"""Largest ratio of the grid plane's pixels (X x Y) to a slice's (Columns x Rows) after a tilt."""
+
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+"""FloatPixelData, DoubleFloatPixelData, PixelData: dropped from the kept headers (as ``stop_before_pixels``)."""
+
+_PREAMBLE = 128
+"""Bytes before the ``DICM`` prefix of a DICOM Part 10 file."""
 
 SHIFT_TOLERANCE = 0.01
 """When every slice's in-plane offset along an axis is this close (pixels) to a whole number, it is rounded."""
@@ -123,6 +144,7 @@ class DicomSeries:
         offsets = offsets - low
         size = np.ceil(offsets.max(axis=0)).astype(int) + (headers[0].Columns, headers[0].Rows)
         tilt = float(np.degrees(np.arctan2(np.linalg.norm(in_plane[-1]), heights[-1])))
+        _check_tilt(folder, tilt, (int(size[0]), int(size[1])), (int(headers[0].Columns), int(headers[0].Rows)))
 
         lps = np.eye(4)
         lps[:3, 0] = row_dir * col_spacing
@@ -242,9 +264,21 @@ class DicomSeries:
             )
 
 
+def has_preamble(path: Path) -> bool:
+    """Whether ``path`` starts with the 128-byte preamble and ``DICM`` (a DICOM Part 10 file, as SimpleITK needs)."""
+    with open(path, "rb") as handle:
+        return handle.read(_PREAMBLE + 4)[_PREAMBLE:] == b"DICM"
+
+
 def _read_header(path: Path) -> pydicom.Dataset:
+    """The header of one slice, without pixel data, after the checks of the module docstring."""
+    if not has_preamble(path):
+        raise ScanLoadError(
+            path, "no 128-byte preamble and 'DICM' prefix (not a DICOM Part 10 file), so its pixels cannot be "
+            "read; rewrite it as Part 10, e.g. pydicom.dcmread(path, force=True).save_as(new, enforce_file_format=True)"
+        )
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        header = pydicom.dcmread(path, defer_size=1024)  # large values (the pixels) are not read
     except Exception as error:  # pydicom raises many types for broken files
         raise ScanLoadError(path, f"unreadable DICOM header ({type(error).__name__}: {error})") from error
     missing = [tag for tag in (*_GEOMETRY, "Rows", "Columns") if tag not in header]
@@ -262,7 +296,69 @@ def _read_header(path: Path) -> pydicom.Dataset:
         raise ScanLoadError(path, "Siemens MOSAIC image (a tiled volume in one frame) is not supported")
     if int(header.get("SamplesPerPixel", 1)) != 1:
         raise ScanLoadError(path, f"SamplesPerPixel {header.SamplesPerPixel}: colour images are not supported")
+    _check_rescale(path, header)
+    _check_pixel_data(path, header)
+    for tag in _PIXEL_TAGS:
+        if tag in header:
+            del header[tag]
     return header
+
+
+def _check_pixel_data(path: Path, header: pydicom.Dataset) -> None:
+    """A PixelData element that holds every pixel the header declares and ends inside the file."""
+    element = header.get_item(0x7FE00010)
+    if element is None:
+        raise ScanLoadError(path, "no PixelData element")
+    transfer_syntax = header.file_meta.get("TransferSyntaxUID")
+    if transfer_syntax is not None and transfer_syntax.is_encapsulated:
+        return  # compressed: the decoded size is checked against the memory budget instead
+    length = element.length if isinstance(element, pydicom.dataelem.RawDataElement) else len(element.value or b"")
+    start = getattr(element, "value_tell", None)
+    size = path.stat().st_size
+    if start is not None and start + length > size:
+        raise ScanLoadError(
+            path, f"pixel data unreadable (file truncated: PixelData of {length} bytes at byte {start}, file has {size})"
+        )
+    rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+    samples, bits = int(header.get("SamplesPerPixel", 1)), int(header.get("BitsAllocated", 16))
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    needed = -(-rows * columns * samples * frames * bits // 8)
+    if length < needed:
+        raise ScanLoadError(
+            path, f"PixelData holds {length} bytes, fewer than Rows x Columns x SamplesPerPixel x BitsAllocated/8 = "
+            f"{rows} x {columns} x {samples} x {bits}/8 = {needed}: pixels are missing"
+        )
+
+
+def _check_rescale(path: Path, header: pydicom.Dataset) -> None:
+    """Finite ``RescaleSlope`` and ``RescaleIntercept`` that keep every stored value inside float32."""
+    try:
+        slope = float(header.get("RescaleSlope", 1) or 1)
+        intercept = float(header.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError) as error:
+        raise ScanLoadError(path, f"RescaleSlope/RescaleIntercept are not numbers ({error})") from error
+    bits = int(header.get("BitsStored", header.get("BitsAllocated", 16)))
+    largest = abs(slope) * 2.0**bits + abs(intercept)
+    if not (np.isfinite(slope) and np.isfinite(intercept) and largest < np.finfo(np.float32).max):
+        raise ScanLoadError(
+            path, f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} send stored values (up to 2^{bits}) "
+            "outside the float32 range: the voxels would be infinite"
+        )
+
+
+def _check_tilt(folder: Path, tilt_deg: float, grid: tuple[int, int], slice_size: tuple[int, int]) -> None:
+    """A tilt of at most :data:`MAX_TILT_DEG` whose ``(X, Y)`` grid plane is at most :data:`MAX_GRID_WIDENING` slices."""
+    if tilt_deg > MAX_TILT_DEG:
+        raise ScanLoadError(
+            folder, f"slices step {tilt_deg:.2f} deg away from their normal (gantry tilt above {MAX_TILT_DEG:g} deg): "
+            "the positions do not describe a tilted stack"
+        )
+    widening = grid[0] * grid[1] / (slice_size[0] * slice_size[1])
+    if widening > MAX_GRID_WIDENING:
+        raise ScanLoadError(
+            folder, f"gantry tilt {tilt_deg:.2f} deg widens the {slice_size} slices to a {grid} grid plane, "
+            f"{widening:.1f} times their pixels (at most {MAX_GRID_WIDENING:g})"
+        )
 
 
 def _check_consistent(files: list[Path], headers: list[pydicom.Dataset]) -> None:

