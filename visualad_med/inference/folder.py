@@ -172,10 +172,9 @@ def cohort_report(cohort: CohortMaps | None, settings: RunSettings) -> dict | No
 
 
 def _write_series_seg(source: ScanSource, mask: np.ndarray, path: Path) -> None:
-    """The mask as a DICOM SEG referencing the scan's series."""
+    """The ``(X, Y, Z)`` mask as a DICOM SEG on the series' grid, referencing the series."""
     series = read_series(tuple(source.files), MAX_GAP_SLICES)
-    write_dicom_seg(series.to_source_frames(mask), series.datasets, path, "VisualAD zero-shot anomaly detection",
-                    __version__)
+    write_dicom_seg(mask, series.affine, series.datasets, path, "VisualAD zero-shot anomaly detection", __version__)
 
 
 def write_scan_outputs(
