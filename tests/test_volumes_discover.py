@@ -50,7 +50,7 @@ def scan_tree(tmp_path: Path) -> Path:
     shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "study" / "DICOMDIR")
     _structured_report(folder / "SR0001")
     series = DicomSeries.from_files(first)
-    write_dicom_seg(np.ones((6, 8, 6), bool), list(series.datasets), folder / "SEG0001", "visualad", "0.1")
+    write_dicom_seg(np.ones(series.shape, bool), series.affine, series.datasets, folder / "SEG0001", "visualad", "0.1")
     (tmp_path / "study" / "notes.txt").write_text("scanned on Tuesday\n")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / "t1.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / "t1.nii")

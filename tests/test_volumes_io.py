@@ -115,9 +115,7 @@ def test_dicom_seg_frames_reference_their_sources(oblique_series: list[Path], tm
     volume = load_scan(scan).volume
     series = DicomSeries.from_files(scan.files)
     mask = (volume[0] > 1500).numpy()
-    frames = series.to_source_frames(mask)
-    assert frames.shape == (SLICES, ROWS, COLUMNS)
-    path = write_dicom_seg(frames, list(series.datasets), tmp_path / "seg.dcm", "visualad", "0.1.0")
+    path = write_dicom_seg(mask, series.affine, series.datasets, tmp_path / "seg.dcm", "visualad", "0.1.0")
 
     seg = hd.seg.segread(path)
     assert seg.SegmentSequence[0].SegmentLabel == "anomaly"
@@ -301,10 +299,16 @@ def test_writers_validate_and_write_atomically(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["a.json", "summary.csv"]
 
 
-def test_dicom_seg_rejects_mismatched_frames(oblique_series: list[Path]):
+def test_dicom_seg_rejects_bad_arguments(oblique_series: list[Path]):
     series = DicomSeries.from_files(oblique_series)
-    with pytest.raises(ValueError, match="source slices"):
-        write_dicom_seg(np.zeros((3, ROWS, COLUMNS)), list(series.datasets), oblique_series[0].with_name("x"), "a", "1")
+    target = oblique_series[0].with_name("x")
+    with pytest.raises(ValueError, match=r"\(X, Y, Z\)"):
+        write_dicom_seg(np.zeros((ROWS, COLUMNS)), series.affine, series.datasets, target, "a", "1")
+    with pytest.raises(ValueError, match="source slice"):
+        write_dicom_seg(np.zeros(series.shape), series.affine, [], target, "a", "1")
+    with pytest.raises(ValueError, match="color"):
+        write_dicom_seg(np.zeros(series.shape), series.affine, series.datasets, target, "a", "1", color=(255, 0, 0))
+    assert not target.exists()
     with pytest.raises(ValueError, match="grid shape"):
         series.to_source_frames(np.zeros((2, 2, 2)))
 

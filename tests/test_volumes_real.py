@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from monai.data.utils import orientation_ras_lps
+from seg_clients import read_with_dcmqi, read_with_highdicom, require_dcmqi
+from sitk_checks import on_grid
 
 from visualad_med.io import (
     DicomSeries,
@@ -69,11 +71,17 @@ def test_cq500_geometry_against_simpleitk(cq500):
     assert reference.GetSpacing()[2] == pytest.approx(148.75 / 237, abs=1e-4)  # ITK: first-to-last distance / 237
 
 
+def cq500_mask(shape: tuple[int, int, int]) -> np.ndarray:
+    """Two boxes: one mid-volume (5 planes around 120), one across the interpolated plane 236."""
+    mask = np.zeros(shape, np.uint8)
+    mask[200:230, 300:320, 118:123] = 1
+    mask[100:140, 40:60, 234:239] = 1
+    return mask
+
+
 def test_cq500_outputs_keep_the_geometry(cq500, tmp_path: Path):
-    _, volume, series = cq500
-    mask = np.zeros(volume.shape[1:], np.uint8)
-    z = 120
-    mask[200:230, 300:320, z - 2 : z + 3] = 1
+    _, volume, _ = cq500
+    mask = cq500_mask(volume.shape[1:])
     write_nifti(mask, volume.affine, tmp_path / "mask.nii.gz")
     write_seg_nrrd(mask, volume.affine, tmp_path / "mask.seg.nrrd")
     for name in ("mask.nii.gz", "mask.seg.nrrd"):
@@ -81,16 +89,21 @@ def test_cq500_outputs_keep_the_geometry(cq500, tmp_path: Path):
         np.testing.assert_allclose(sitk_affine(written), volume.affine.numpy(), atol=ATOL)
         np.testing.assert_array_equal(np.argwhere(sitk.GetArrayFromImage(written).T), np.argwhere(mask))
 
-    frames = series.to_source_frames(mask)
-    write_dicom_seg(frames, list(series.datasets), tmp_path / "seg.dcm", "visualad", "0.1.0")
-    seg = hd.seg.segread(tmp_path / "seg.dcm")
-    assert seg.NumberOfFrames == 5
-    source = series.dataset_at(z)
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1])
-    rows, columns = np.nonzero(pixels[0, ..., 0])
-    x, y = series.offsets[list(series.datasets).index(source)]
-    assert (columns.min(), columns.max()) == (200 - round(x), 229 - round(x))
-    assert (rows.min(), rows.max()) == (300 - round(y), 319 - round(y))
+
+@pytest.mark.parametrize("reader", ["highdicom", "dcmqi"])
+def test_cq500_dicom_seg_reads_back_onto_the_mask_voxels(cq500, tmp_path: Path, reader: str):
+    """The tilted series' SEG (frames on the tilt-corrected grid) in highdicom and in dcmqi (3D Slicer)."""
+    tool = require_dcmqi() if reader == "dcmqi" else None
+    _, _, series = cq500
+    mask = cq500_mask(series.shape)
+    write_nifti(mask, series.affine, tmp_path / "mask.nii.gz")
+    path = write_dicom_seg(mask, series.affine, series.datasets, tmp_path / "seg.dcm", "visualad", "0.1.0")
+    assert hd.seg.segread(path).NumberOfFrames == 10
+    if reader == "highdicom":
+        labelmap = read_with_highdicom(path)
+    else:
+        labelmap, _ = read_with_dcmqi(path, tmp_path / "dcmqi", tool)
+    np.testing.assert_array_equal(on_grid(labelmap, sitk.ReadImage(str(tmp_path / "mask.nii.gz"))), mask)
 
 
 def test_siemens_mosaic_is_reported():

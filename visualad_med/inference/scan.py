@@ -90,8 +90,8 @@ def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer
 
 
 def _write_series_seg(scan: Scan, mask: np.ndarray, path: Path) -> None:
-    """The mask as a DICOM SEG referencing the scan's series."""
-    write_dicom_seg(scan.series.to_source_frames(mask), scan.series.datasets, path, ALGORITHM_NAME, __version__)
+    """The ``(X, Y, Z)`` mask as a DICOM SEG on the series' grid, referencing the series."""
+    write_dicom_seg(mask, scan.series.affine, scan.series.datasets, path, ALGORITHM_NAME, __version__)
 
 
 def write_scan_outputs(model: VisualAD, result: ScanResult, out_dir: Path, settings: RunSettings,

@@ -205,7 +205,7 @@ class DicomSeries:
         return np.ascontiguousarray(np.moveaxis(planes, 0, -1))
 
     def to_source_frames(self, volume: np.ndarray, *, order: int = 0) -> np.ndarray:
-        """Sample a grid volume on each acquired slice, e.g. a mask for a DICOM SEG.
+        """Sample a grid volume on each acquired slice, e.g. to compare a mask with the slices' pixels.
 
         Args:
             volume: ``(X, Y, Z)`` array on this grid.

@@ -24,14 +24,21 @@ import SimpleITK as sitk
 import torch
 from monai.data.utils import orientation_ras_lps
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import format_number_as_ds
 
 from .atomic import atomic_path
 
-__all__ = ["write_dicom_seg", "write_json", "write_nifti", "write_seg_nrrd", "write_summary_csv"]
+__all__ = ["ANOMALY_COLOR", "write_dicom_seg", "write_json", "write_nifti", "write_seg_nrrd", "write_summary_csv"]
 
 logger = logging.getLogger(__name__)
 
 _SOFTWARE = "visualad_med"
+
+_CONTENT_CREATOR = "visualad_med^"
+"""ContentCreatorName of the DICOM SEG: the software, as a family name (a DICOM person name)."""
+
+ANOMALY_COLOR = (0.9, 0.2, 0.2)
+"""Colour of the anomaly segment, RGB in [0, 1], the same in the ``.seg.nrrd`` and the DICOM SEG."""
 
 
 def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor, path: Path | str) -> Path:
@@ -73,7 +80,7 @@ def write_seg_nrrd(
     affine: np.ndarray | torch.Tensor,
     path: Path | str,
     name: str = "anomaly",
-    color: tuple[float, float, float] = (0.9, 0.2, 0.2),
+    color: tuple[float, float, float] = ANOMALY_COLOR,
 ) -> Path:
     """Write a binary mask as a 3D Slicer segmentation (``.seg.nrrd``, one segment, label 1).
 
@@ -94,8 +101,7 @@ def write_seg_nrrd(
     path = Path(path)
     if not path.name.lower().endswith(".seg.nrrd"):
         raise ValueError(f"Slicer segmentation path must end in .seg.nrrd, got {path.name!r}.")
-    if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
-        raise ValueError(f"color must be three values in [0, 1], got {color}.")
+    _check_color(color)
     labels = (_volume(mask) != 0).astype(np.uint8)
     lps = orientation_ras_lps(_affine(affine))
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
@@ -125,32 +131,48 @@ def write_seg_nrrd(
 
 
 def write_dicom_seg(
-    mask: np.ndarray,
+    mask: np.ndarray | torch.Tensor,
+    affine: np.ndarray | torch.Tensor,
     source_datasets: Sequence[pydicom.Dataset],
     path: Path | str,
     algorithm_name: str,
     algorithm_version: str,
     *,
     segment_label: str = "anomaly",
+    color: tuple[float, float, float] = ANOMALY_COLOR,
+    content_creator_name: str = _CONTENT_CREATOR,
     series_description: str = "VisualAD anomaly",
     series_number: int = 9001,
 ) -> Path:
-    """Write a binary DICOM Segmentation with highdicom, one frame per source slice.
+    """Write a binary mask as a DICOM Segmentation with highdicom, one frame per plane of its grid.
 
-    Use :meth:`~visualad_med.io.dicom_series.DicomSeries.to_source_frames` to turn a mask
-    computed on the loaded volume into these frames (``series.datasets`` are the matching
-    sources). Frames reference their source SOPInstanceUIDs and carry the source plane positions;
-    empty frames are left out (all kept when the whole mask is empty). Source slices without a
-    FrameOfReferenceUID (anonymised data such as CQ500) get one derived from their
+    The frames are the Z planes of the ``(X, Y, Z)`` grid (rows along Y, columns along X), built
+    from an :class:`highdicom.Volume`: each frame has its own ImagePositionPatient, all share one
+    PlaneOrientation and one PixelMeasures whose SpacingBetweenSlices is the grid's Z spacing
+    (highdicom takes PixelSpacing and SliceThickness from the source slices when their pixel
+    spacing is the grid's, as for a scan's own grid). The frames thus form a regularly
+    spaced stack, which highdicom's ``get_volume`` and dcmqi (3D Slicer's DICOM SEG reader)
+    need; a tilted series' own slices do not, their positions do not step along their normal.
+    Empty frames are left out (all kept when the whole mask is empty).
+
+    The whole source series is referenced (ReferencedSeriesSequence). highdicom adds frame-level
+    references where every plane lies in a source plane: with SpatialLocationsPreserved YES when
+    the grid is the source stack itself (no tilt, no missing slice), NO when the planes are
+    those of a tilted series moved in-plane; none when a plane was interpolated. Source slices
+    without a FrameOfReferenceUID (anonymised data such as CQ500) get one derived from their
     SeriesInstanceUID, with a warning, because the SEG IOD requires it.
 
     Args:
-        mask: ``(N, Rows, Columns)``, nonzero inside; frame ``k`` belongs to ``source_datasets[k]``.
+        mask: ``(X, Y, Z)`` array on the scan's grid, nonzero inside.
+        affine: ``(4, 4)`` voxel index to RAS mm, the loaded scan's affine
+            (:attr:`~visualad_med.io.dicom_series.DicomSeries.affine` for a DICOM series).
         source_datasets: the source slices (headers suffice), from one series.
         path: output file (``.dcm``).
         algorithm_name: name in the AlgorithmIdentificationSequence.
         algorithm_version: version in the AlgorithmIdentificationSequence.
         segment_label: label of the single segment.
+        color: segment colour, RGB in [0, 1], stored as RecommendedDisplayCIELabValue.
+        content_creator_name: ContentCreatorName (a DICOM person name).
         series_description: SeriesDescription of the SEG.
         series_number: SeriesNumber of the SEG.
 
@@ -158,15 +180,17 @@ def write_dicom_seg(
         ``path``.
     """
     path = Path(path)
-    frames = np.asarray(mask) != 0
-    if frames.ndim != 3 or frames.shape[0] != len(source_datasets):
-        raise ValueError(
-            f"mask must be (N, Rows, Columns) with N = {len(source_datasets)} source slices, got {frames.shape}."
-        )
-    rows, columns = source_datasets[0].Rows, source_datasets[0].Columns
-    if frames.shape[1:] != (rows, columns):
-        raise ValueError(f"mask frames are {frames.shape[1:]}, source slices are {(rows, columns)} (Rows, Columns).")
+    labels = _volume(mask) != 0
+    _check_color(color)
+    if not source_datasets:
+        raise ValueError("a DICOM SEG needs at least one source slice, got none.")
     sources = _with_frame_of_reference(source_datasets)
+    volume = hd.Volume(
+        array=np.ascontiguousarray(labels.transpose(2, 1, 0)),  # (Z, Y, X): frames, rows, columns
+        affine=_frame_row_column_affine(_affine(affine)),
+        coordinate_system="PATIENT",
+        frame_of_reference_uid=sources[0].FrameOfReferenceUID,
+    )
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
     )
@@ -177,10 +201,11 @@ def write_dicom_seg(
         segmented_property_type=codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*(255.0 * c for c in color)),
     )
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=frames,
+        pixel_array=volume,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         series_instance_uid=hd.UID(),
@@ -192,7 +217,9 @@ def write_dicom_seg(
         software_versions=algorithm_version,
         device_serial_number="0",
         series_description=series_description,
+        content_creator_name=content_creator_name,
     )
+    _set_slice_spacing(seg, volume.spacing_between_slices)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         seg.save_as(temporary)
@@ -257,6 +284,33 @@ def _affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:
     if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
         raise ValueError(f"affine must be a finite invertible (4, 4) matrix, got {matrix.tolist()}.")
     return matrix
+
+
+def _check_color(color: Sequence[float]) -> None:
+    if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+        raise ValueError(f"color must be three values in [0, 1], got {color}.")
+
+
+def _frame_row_column_affine(affine: np.ndarray) -> np.ndarray:
+    """``(4, 4)`` LPS affine of the ``(Z, Y, X)`` transpose of a grid, from its ``(X, Y, Z)`` RAS affine.
+
+    highdicom indexes a volume (frame, row, column); a grid's rows run along Y and its columns
+    along X, so the frame, row and column steps are the grid's Z, Y and X columns.
+    """
+    lps = orientation_ras_lps(affine)
+    return lps[:, [2, 1, 0, 3]]
+
+
+def _set_slice_spacing(seg: hd.seg.Segmentation, spacing: float) -> None:
+    """Set the SEG's SpacingBetweenSlices to its frames' spacing along their normal (mm).
+
+    highdicom replaces a volume's pixel measures by the source slices' own when their
+    PixelSpacing agrees, SpacingBetweenSlices included: for a tilted series that is the step
+    along the tilted stepping direction (CQ500: 0.625 mm), not the 0.618 mm between the frames.
+    The source's SliceThickness (the nominal thickness of the same planes) is kept.
+    """
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = format_number_as_ds(float(spacing))
 
 
 def _labels(array: np.ndarray) -> np.ndarray:
