@@ -393,7 +393,7 @@ def test_percentile_window_of_a_mostly_blank_volume_scales_min_to_max(caplog, br
 
 
 def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, monkeypatch):
-    from visualad_med.inference.folder import run_scans
+    from visualad_med.inference.folder import ScanSteps, run_scans
 
     (tmp_path / "only.nii.gz").write_bytes(b"")
     scans = [ScanSource("only", "nifti", (tmp_path / "only.nii.gz",))]
@@ -403,10 +403,11 @@ def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, 
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert run_scans(scans, tmp_path / "out", refuse, progress=False) == (0, 0)
+    steps = ScanSteps(refuse, lambda loaded: loaded, lambda result: {})
+    assert run_scans(scans, tmp_path / "out", steps, progress=False) == (0, 0)
     assert (tmp_path / "out" / "summary_rank1.csv").read_text().splitlines() == [",".join(
         ("scan", "status", "score_max_slice", "score_top1pct", "anomalous_voxels", "kind", "modality", "shape",
          "seconds", "error", "source"))]
     monkeypatch.setenv("RANK", "0")
-    assert run_scans(scans, tmp_path / "out", refuse, progress=False) == (0, 1)
+    assert run_scans(scans, tmp_path / "out", steps, progress=False) == (0, 1)
     assert "not a volume" in (tmp_path / "out" / "summary_rank0.csv").read_text()

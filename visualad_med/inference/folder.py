@@ -3,9 +3,12 @@
 One :func:`run_folder` serves ``visualad-med infer``, the bundle's inference workflow and volume
 evaluation. A scan whose report exists is done and skipped (so an interrupted run resumes); a
 failing scan is logged with its path and reason, its partial outputs are removed, and the run
-goes on; ``summary.csv`` lists every scan, sorted by scan score. Under ``torchrun`` each process
-takes every ``WORLD_SIZE``-th scan. A cohort run (:mod:`visualad_med.inference.cohort`) scores
-every scan against the others and redoes them all, in one process.
+goes on; ``summary.csv`` lists every scan, sorted by scan score. Work overlaps across scans: the
+next scan is read while the model runs on the current one, and the previous scan's outputs are
+written meanwhile (at most one scan reading, one in the model, one writing, so memory stays that
+of three scans). Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan. A cohort run
+(:mod:`visualad_med.inference.cohort`) scores every scan against the others and redoes them all,
+in one process.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -25,7 +30,7 @@ from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
 from visualad_med.model.visualad import VisualAD
 
 from .cohort import CohortMaps
-from .scan import ScanResult, output_paths, run_scan, write_scan_outputs
+from .scan import LoadedScan, ScanResult, infer_scan, load_for_run, output_paths, write_scan_outputs
 from .settings import RunSettings
 from .slices import SliceInferer
 
@@ -113,15 +118,18 @@ def run_folder(
     if cohort is not None and cohort.applies_to(len(scans)):
         settings, maps = _prepare_cohort(model, list(scans), settings, cohort, inferer, out_dir)
 
-    def process(source: ScanSource) -> dict:
-        network = maps.network_for(source) if maps is not None else None
-        result = run_scan(model, source, settings, inferer, network)
+    def infer(loaded: LoadedScan) -> ScanResult:
+        network = maps.network_for(loaded.scan.source) if maps is not None else None
+        return infer_scan(model, loaded, settings, inferer, network)
+
+    def write(result: ScanResult) -> dict:
         report = write_scan_outputs(model, result, out_dir, settings, head_sha256, cohort_report(maps, settings))
         if after_scan is not None:
             after_scan(result, report)
         return report
 
-    succeeded, failed = run_scans(list(scans), out_dir, process, overwrite=settings.overwrite or maps is not None,
+    steps = ScanSteps(lambda source: load_for_run(source, settings), infer, write)
+    succeeded, failed = run_scans(list(scans), out_dir, steps, overwrite=settings.overwrite or maps is not None,
                                   progress=settings.progress, where=where)
     return FolderRun(succeeded, failed, settings.mask_threshold(model), None if maps is None else maps.report())
 
@@ -181,20 +189,35 @@ def _finished_report(paths: dict[str, Path]) -> dict | None:
     return report
 
 
+class ScanSteps(NamedTuple):
+    """The three steps of one scan, which :func:`run_scans` overlaps across scans.
+
+    Attributes:
+        load: source -> loaded scan; runs in a reader thread, one scan ahead of the model.
+        infer: loaded scan -> result; runs in the calling thread (the model).
+        write: result -> report; writes the scan's outputs (report last) in a writer thread while the
+            model runs on the next scan.
+    """
+
+    load: Callable[[ScanSource], Any]
+    infer: Callable[[Any], Any]
+    write: Callable[[Any], dict]
+
+
 def run_scans(
     scans: list[ScanSource],
     out_dir: Path,
-    process: Callable[[ScanSource], dict],
+    steps: ScanSteps,
     *,
     overwrite: bool = False,
     progress: bool = True,
     where: Path | str = "",
 ) -> tuple[int, int]:
-    """Run ``process`` (which writes a scan's outputs and returns its report) over ``scans``; write the summary.
+    """Run ``steps`` over ``scans``, overlapped (see :class:`ScanSteps`); write the summary.
 
     Scans whose report exists (readable, with every output it lists) are skipped unless
-    ``overwrite``; a scan that raises is logged, its partial outputs removed, and the run goes on.
-    Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and writes
+    ``overwrite``; a scan whose step raises is logged, its partial outputs removed, and the run goes
+    on. Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and writes
     ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
     """
     if not scans:
@@ -204,8 +227,20 @@ def run_scans(
     total, scans = len(scans), scans[rank::world]
     if not scans:
         logger.info("rank %d of %d: no scan left for this process (%d scans in all)", rank, world, total)
-    rows, failed = [], 0
-    for source in tqdm(scans, desc="scans", unit="scan", disable=not progress):
+    rows, todo = _resume(scans, out_dir, overwrite)
+    rows += _run_overlapped(todo, out_dir, steps, progress)
+    rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
+    name = "summary.csv" if world == 1 else f"summary_rank{rank}.csv"
+    write_summary_csv(rows, out_dir / name, fieldnames=SUMMARY_FIELDS)
+    failed = sum(row["status"] != "ok" for row in rows)
+    logger.info("%d scans succeeded, %d failed; summary in %s", len(rows) - failed, failed, out_dir / name)
+    return len(rows) - failed, failed
+
+
+def _resume(scans: list[ScanSource], out_dir: Path, overwrite: bool) -> tuple[list[dict], list[ScanSource]]:
+    """The summary rows of scans already done, and the scans left to do."""
+    rows, todo = [], []
+    for source in scans:
         paths = output_paths(out_dir, source.name, source.kind == "dicom")
         report = None if overwrite else _finished_report(paths)
         if report is not None:
@@ -216,15 +251,38 @@ def run_scans(
         if paths["report"].exists() and not overwrite:
             logger.warning("%s: %s exists but is unreadable or outputs are missing; redoing the scan",
                            source.name, paths["report"].name)
+        todo.append(source)
+    return rows, todo
+
+
+def _run_overlapped(todo: list[ScanSource], out_dir: Path, steps: ScanSteps, progress: bool) -> list[dict]:
+    """The summary rows of ``todo``, read one scan ahead and written one scan behind the model."""
+    rows = []
+
+    def failed(source: ScanSource, error: Exception) -> dict:
+        _remove_outputs(output_paths(out_dir, source.name, source.kind == "dicom"))
+        return _failed_row(source, error)
+
+    def finish(source: ScanSource, writing: Future) -> dict:
         try:
-            rows.append(_summary_row(source, process(source)))
+            return _summary_row(source, writing.result())
         except Exception as error:  # one scan's failure, whatever its kind, must not stop the run
-            _remove_outputs(paths)
-            failed += 1
-            rows.append(_failed_row(source, error))
-    rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
-    name = "summary.csv" if world == 1 else f"summary_rank{rank}.csv"
-    write_summary_csv(rows, out_dir / name, fieldnames=SUMMARY_FIELDS)
-    succeeded = len(rows) - failed
-    logger.info("%d scans succeeded, %d failed; summary in %s", succeeded, failed, out_dir / name)
-    return succeeded, failed
+            return failed(source, error)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
+        loading = reader.submit(steps.load, todo[0]) if todo else None
+        written: tuple[ScanSource, Future] | None = None
+        for k, source in enumerate(tqdm(todo, desc="scans", unit="scan", disable=not progress)):
+            current, loading = loading, reader.submit(steps.load, todo[k + 1]) if k + 1 < len(todo) else None
+            try:
+                result = steps.infer(current.result())
+            except Exception as error:  # as above
+                rows.append(failed(source, error))
+                continue
+            if written is not None:
+                rows.append(finish(*written))
+            written = (source, writer.submit(steps.write, result))
+        if written is not None:
+            rows.append(finish(*written))
+    return rows

@@ -3,10 +3,12 @@
 Read top to bottom, this is the data path of every scan of ``visualad-med infer``, of the
 bundle's inference workflow and of volume evaluation:
 
-1. :func:`run_scan`: :func:`~visualad_med.io.load_scan` (the volume, its DICOM series, its
-   window resolved once), the scan's :func:`~visualad_med.inference.slices.slice_preprocessing`,
-   the :class:`~visualad_med.inference.slices.SliceInferer` (slices in batches through the
-   model, maps back on the voxel grid), the mask at the run's threshold;
+1. :func:`run_scan` = :func:`load_for_run` (:func:`~visualad_med.io.load_scan`: the volume, its
+   DICOM series, its window resolved once) then :func:`infer_scan` (the scan's
+   :func:`~visualad_med.inference.slices.slice_preprocessing`, the
+   :class:`~visualad_med.inference.slices.SliceInferer`: slices in batches through the model, maps
+   back on the voxel grid; the mask at the run's threshold); a folder run overlaps the two across
+   scans (:mod:`visualad_med.inference.folder`);
 2. :func:`write_scan_outputs`: per scan ``<name>_anomaly.nii.gz`` (float32 map),
    ``<name>_mask.nii.gz`` (uint8 labelmap), ``<name>_mask.seg.nrrd`` (3D Slicer segmentation,
    segment "anomaly"), for DICOM input ``<name>_seg.dcm`` (DICOM SEG referencing the source
@@ -69,16 +71,30 @@ class ScanResult:
     times: tuple[float, float, float]
 
 
-def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer: SliceInferer | None = None,
-             network: nn.Module | None = None) -> ScanResult:
-    """Load one scan and run the model over its slices; raises on failure.
+@dataclass
+class LoadedScan:
+    """A scan read for a run, with ``time.perf_counter()`` before and after reading it."""
+
+    scan: Scan
+    started: float
+    loaded: float
+
+
+def load_for_run(source: ScanSource, settings: RunSettings) -> LoadedScan:
+    """Read one scan with the run's window; raises :class:`~visualad_med.io.ScanLoadError` on failure."""
+    started = time.perf_counter()
+    scan = load_scan(source, window=settings.window)
+    return LoadedScan(scan, started, time.perf_counter())
+
+
+def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings, inferer: SliceInferer | None = None,
+               network: nn.Module | None = None) -> ScanResult:
+    """Run the model over a loaded scan's slices and threshold the map; raises on failure.
 
     ``inferer`` defaults to ``settings.inferer(model)``; ``network`` (default ``model``) is what the
     inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.inference.cohort`).
     """
-    started = time.perf_counter()
-    scan = load_scan(source, window=settings.window)
-    loaded = time.perf_counter()
+    scan = loaded.scan
     inferer = inferer or settings.inferer(model)
     window = (scan.window.low, scan.window.high)
     maps = inferer(scan.volume, network or model, slice_preprocessing(model.config, window))
@@ -86,7 +102,13 @@ def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer
     anomaly = maps.anomaly[0]
     threshold = settings.mask_threshold(model)
     mask = (anomaly > threshold).to(torch.uint8)
-    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (started, loaded, inferred))
+    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (loaded.started, loaded.loaded, inferred))
+
+
+def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer: SliceInferer | None = None,
+             network: nn.Module | None = None) -> ScanResult:
+    """Load one scan and run the model over its slices (:func:`load_for_run`, :func:`infer_scan`)."""
+    return infer_scan(model, load_for_run(source, settings), settings, inferer, network)
 
 
 def _write_series_seg(scan: Scan, mask: np.ndarray, path: Path) -> None:
