@@ -46,7 +46,7 @@ def main() -> None:
         scans.mkdir()
         write_cohort(scans, args.scans, args.slices, args.side)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "visualad_med.apps.cli", "infer", str(scans), str(out), "--scoring",
+        subprocess.run([sys.executable, "-m", "visualad_med", "infer", str(scans), str(out), "--scoring",
                         args.scoring], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -1,21 +1,25 @@
-"""Slices per second of the whole volume pipeline against the model alone, and peak memory of a long CT.
+"""Slices per second of whole folder runs against the model alone, and peak memory of a long CT.
 
-Pipeline: :func:`visualad_med.inference.folder.process_scan`, i.e. read the scan, window, slice, run the
-model, reassemble the map on the voxel grid, write the NIfTI map and mask, the seg.nrrd (and the
-DICOM SEG for DICOM input) and the report. Model alone: the same model on the very slices the
-pipeline feeds it (recorded on a first pass), in the same batches, under ``torch.inference_mode``
-and the same autocast, timed call by call including the copy of maps and scores back to the CPU.
-Slices per second count the slices that went through the model (slices without body are left
-out by both). Target: pipeline >= 0.9 x model alone.
+Pipeline: :func:`visualad_med.inference.folder.run_folder` over a folder (one scan, e.g. CQ500,
+or many, e.g. the 15 volumes of ``lgg_volumes_msd``), head alone: read each scan, window, slice,
+run the model, reassemble the map on the voxel grid, write the NIfTI map and mask, the seg.nrrd
+(and the DICOM SEG for DICOM input) and the report, overlapped across scans as ``infer`` does.
+Model alone: the same model on the very slices the pipeline feeds it (recorded scan by scan on a
+first pass), in the same batches, under ``torch.inference_mode`` and the same autocast, timed call
+by call including the copy of maps and scores back to the CPU. Slices per second count the slices
+that went through the model (slices without body are left out by both). Target: folder >= 0.9 x
+model alone. Peak RSS is the process's high-water mark after the run.
 
 Memory: a synthetic 512 x 512 x N CT (float32 in HU, built in place) through :class:`SliceInferer`
 in a fresh process (Linux); resident memory once the model is loaded and has run one batch, then
 the peak (``getrusage`` maxrss, its mark reset after loading) of building the volume and running
-it; the difference is what the volume costs beyond the model (budget ~3 GB for N = 600).
+it; the difference is what the volume costs beyond the model (budget 2 GB for N = 600).
 
     python benchmarks/bench_volume.py                       # CQ500 head CT, dinov2-s14 at 224 and 448
+    python benchmarks/bench_volume.py --input ../shared/data/lgg_volumes_msd/imagesTr   # a folder of 15
     python benchmarks/bench_volume.py --synthetic 256       # a synthetic 512 x 512 x 256 CT instead
     python benchmarks/bench_volume.py --models "" --memory-slices 600   # memory only
+    python benchmarks/bench_volume.py --precision bf16      # the model under bf16 autocast, both ways
 """
 
 from __future__ import annotations
@@ -36,13 +40,15 @@ from monai.data import MetaTensor
 from torch import nn
 
 from visualad_med import build_model
-from visualad_med.inference.slices import SliceInferer
-from visualad_med.model.devices import autocast, resolve_device
-from visualad_med.inference.folder import RunSettings, process_scan
+from visualad_med.inference.folder import run_folder
+from visualad_med.inference.settings import RunSettings
+from visualad_med.inference.slices import SliceInferer, slice_preprocessing
 from visualad_med.io import ScanSource, find_scans, load_scan
+from visualad_med.model.devices import autocast, resolve_device
+from visualad_med.transforms import window_range
 
 CQ500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "cq500_head_ct_dicom"
-MEMORY_BUDGET_GB = 3.0
+MEMORY_BUDGET_GB = 2.0
 SPACING_MM = (0.45, 0.45, 0.625)
 
 
@@ -95,12 +101,13 @@ class SliceRecorder(nn.Module):
         return {"map": torch.zeros(images.shape[0], size, size), "score": torch.zeros(images.shape[0])}
 
 
-def model_alone_seconds(model: nn.Module, batches: list[torch.Tensor], device: torch.device) -> float:
+def model_alone_seconds(model: nn.Module, batches: list[torch.Tensor], device: torch.device,
+                        precision: str) -> float:
     """Seconds of the model over ``batches``, each call as the inferer makes it (after one warm-up call)."""
     total = 0.0
     for index, batch in enumerate([batches[0], *batches]):
         started = time.perf_counter()
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, precision):
             outputs = model(batch.to(device))
         outputs["map"].float().cpu(), outputs["score"].float().cpu()
         if index:
@@ -108,23 +115,38 @@ def model_alone_seconds(model: nn.Module, batches: list[torch.Tensor], device: t
     return total
 
 
-def throughput(model_name: str, source: ScanSource, window: str, batch_size: int, device: torch.device) -> dict:
-    """Pipeline and model-alone slices per second of one model on one scan."""
+def model_alone(model: nn.Module, scans: list[ScanSource], settings: RunSettings, device: torch.device) -> tuple:
+    """``(slices, seconds)`` of the model alone on every slice the pipeline runs, scan by scan."""
+    slices, seconds = 0, 0.0
+    inferer = SliceInferer(settings.planes, settings.batch_size, device=device, progress=False,
+                           precision=settings.precision)
+    for source in scans:
+        scan = load_scan(source, window=settings.window)
+        recorder = SliceRecorder(model)
+        inferer(scan.volume, recorder, slice_preprocessing(model.config, (scan.window.low, scan.window.high)))
+        if recorder.batches:
+            slices += sum(len(batch) for batch in recorder.batches)
+            seconds += model_alone_seconds(model, recorder.batches, device, inferer.precision)
+    return slices, seconds
+
+
+def throughput(model_name: str, scans: list[ScanSource], window: str, batch_size: int, device: torch.device,
+               precision: str) -> dict:
+    """Folder-run and model-alone slices per second of one model on ``scans``."""
     model = build_model(model_name).to(device).eval()
-    settings = RunSettings(window=window, batch_size=batch_size, progress=False)
-    recorder = SliceRecorder(model)
-    SliceInferer(settings.planes, window, batch_size, progress=False)(load_scan(source), recorder)
-    slices = sum(len(batch) for batch in recorder.batches)
-    model_seconds = model_alone_seconds(model, recorder.batches, device)
-    recorder.batches.clear()
+    settings = RunSettings(window=window, batch_size=batch_size, progress=False, overwrite=True, precision=precision)
+    slices, model_seconds = model_alone(model, scans, settings, device)
     with tempfile.TemporaryDirectory() as out:
-        report = process_scan(model, source, Path(out), settings, None)
-    seconds = report["seconds"]
-    if seconds["slices_run"] != slices:
-        raise RuntimeError(f"the pipeline ran {seconds['slices_run']} slices, the recording pass {slices}")
-    return {"model": model_name, "slices": slices, "model_alone_s": model_seconds, "pipeline_s": seconds["total"],
-            "load_s": seconds["load"], "inference_s": seconds["inference"], "model_in_pipeline_s": seconds["model"],
-            "write_s": seconds["write"], "shape": report["shape"]}
+        started = time.perf_counter()
+        run = run_folder(model, scans, Path(out), settings)
+        folder_seconds = time.perf_counter() - started
+        reports = [json.loads(path.read_text()) for path in Path(out).glob("*_report.json")]
+    if run.failed or sum(r["seconds"]["slices_run"] for r in reports) != slices:
+        raise RuntimeError(f"the folder run failed {run.failed} scans or ran other slices than the recording pass")
+    part = {key: sum(r["seconds"][key] for r in reports) for key in ("load", "inference", "model", "write")}
+    return {"model": model_name, "scans": len(scans), "slices": slices, "model_alone_s": model_seconds,
+            "folder_s": folder_seconds, **{f"{key}_s": value for key, value in part.items()},
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def resident_gib() -> float:
@@ -149,22 +171,23 @@ def memory_child(model_name: str, slices: int, batch_size: int, device: torch.de
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (and ru_maxrss) to the current RSS
     started = time.perf_counter()
     volume = synthetic_ct(slices)
-    inferer = SliceInferer(window="brain", batch_size=batch_size, device=device, progress=False)
-    inferer(volume, model)
+    inferer = SliceInferer(batch_size=batch_size, device=device, progress=False)
+    maps = inferer(volume, model, slice_preprocessing(model.config, window_range("brain")))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"model": model_name, "slices": slices, "loading_peak_gib": loading_peak, "with_model_gib": with_model,
             "peak_gib": peak, "volume_gib": volume.numel() * 4 / 2**30,
-            "slices_run": inferer.last_scores.slices_run, "seconds": time.perf_counter() - started}
+            "slices_run": maps.scores.slices_run, "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="dinov2-s14-224,dinov2-s14-448",
                         help="comma-separated presets; empty: memory only")
-    parser.add_argument("--input", type=Path, default=CQ500, help="a scan or a folder holding one")
+    parser.add_argument("--input", type=Path, default=CQ500, help="a scan or a folder of scans")
     parser.add_argument("--synthetic", type=int, default=None, help="use a synthetic 512 x 512 x N CT instead")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--memory-slices", type=int, default=600, help="0 skips the memory measurement")
     parser.add_argument("--memory-model", default="dinov2-s14-224")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -174,25 +197,27 @@ def main() -> None:
         print(json.dumps(memory_child(args.memory_model, args.memory_slices, args.batch_size, device)))
         return
 
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"precision {args.precision}")
     with tempfile.TemporaryDirectory() as folder:
         if args.synthetic:
-            source, window = write_synthetic(Path(folder), args.synthetic), "brain"
+            scans, window = [write_synthetic(Path(folder), args.synthetic)], "brain"
         elif args.input.exists():
-            (source,) = find_scans(args.input)
-            window = "auto"
+            scans, window = find_scans(args.input), "auto"
         else:
-            source = None
+            scans = []
             print(f"{args.input} is absent: throughput skipped (use --synthetic N)")
-        for name in [m.strip() for m in args.models.split(",") if m.strip()] if source else []:
-            r = throughput(name, source, window, args.batch_size, device)
-            model_rate, pipeline_rate = r["slices"] / r["model_alone_s"], r["slices"] / r["pipeline_s"]
-            print(f"{r['model']} on {source.name} {'x'.join(map(str, r['shape']))}, {r['slices']} slices with body:\n"
+        for name in [m.strip() for m in args.models.split(",") if m.strip()] if scans else []:
+            r = throughput(name, scans, window, args.batch_size, device, args.precision)
+            model_rate, folder_rate = r["slices"] / r["model_alone_s"], r["slices"] / r["folder_s"]
+            print(f"{r['model']} on {r['scans']} scan(s) under {args.input.name if not args.synthetic else 'synthetic'}"
+                  f", {r['slices']} slices with body:\n"
                   f"  model alone {model_rate:.2f} slices/s ({r['model_alone_s']:.1f} s)\n"
-                  f"  pipeline    {pipeline_rate:.2f} slices/s ({r['pipeline_s']:.1f} s = read {r['load_s']:.1f} + "
-                  f"infer {r['inference_s']:.1f} (model {r['model_in_pipeline_s']:.1f}) + write {r['write_s']:.1f})\n"
-                  f"  ratio pipeline / model alone {pipeline_rate / model_rate:.3f} (target >= 0.9); "
-                  f"model share of the pipeline's own time {r['model_in_pipeline_s'] / r['pipeline_s']:.3f}")
+                  f"  folder run  {folder_rate:.2f} slices/s ({r['folder_s']:.1f} s wall; per scan summed: read "
+                  f"{r['load_s']:.1f}, infer {r['inference_s']:.1f} (model {r['model_s']:.1f}), write "
+                  f"{r['write_s']:.1f})\n"
+                  f"  ratio folder / model alone {folder_rate / model_rate:.3f} (target >= 0.9); peak RSS "
+                  f"{r['peak_rss_gib']:.2f} GiB")
     if args.memory_slices:
         command = [sys.executable, __file__, "--memory-child", "--memory-slices", str(args.memory_slices),
                    "--memory-model", args.memory_model, "--batch-size", str(args.batch_size), "--device", args.device]

@@ -28,7 +28,7 @@ SHARED = ROOT.parent / "shared" / "data"
 def evaluate(options: list[str], out: Path) -> dict:
     """``visualad-med evaluate OPTIONS --out OUT`` (cached); returns results.json."""
     if not (out / "results.json").is_file():
-        command = [sys.executable, "-m", "visualad_med.apps.cli", "evaluate", "--out", str(out), *options]
+        command = [sys.executable, "-m", "visualad_med", "evaluate", "--out", str(out), *options]
         print("$", shlex.join(command), file=sys.stderr, flush=True)
         subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "results.json").read_text())

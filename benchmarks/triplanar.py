@@ -25,7 +25,8 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from visualad_med import build_model, load_model
-from visualad_med.inference.slices import SliceInferer
+from visualad_med.inference.slices import SliceInferer, slice_preprocessing
+from visualad_med.transforms import window_range
 from visualad_med.model.devices import resolve_device
 from visualad_med.io import find_scans, load_scan, write_nifti
 
@@ -92,10 +93,11 @@ def main() -> None:
     model.set_scoring(args.scoring)
     maps, seconds = {}, {}
     for plane in PLANES:
-        inferer = SliceInferer((plane,), "brain", args.batch_size, device=device, progress=False)
-        maps[plane] = inferer(volume, model)[0].numpy()
-        seconds[plane] = inferer.last_scores.seconds
-        print(f"  {plane}: {inferer.last_scores.slices_run} slices in {seconds[plane]:.1f} s")
+        inferer = SliceInferer((plane,), args.batch_size, device=device, progress=False)
+        result = inferer(volume, model, slice_preprocessing(model.config, window_range("brain")))
+        maps[plane] = result.anomaly[0].numpy()
+        seconds[plane] = result.scores.seconds
+        print(f"  {plane}: {result.scores.slices_run} slices in {seconds[plane]:.1f} s")
     combos = {"axial": ("axial",), "axial+coronal": ("axial", "coronal"), "tri-planar": PLANES,
               "coronal": ("coronal",), "sagittal": ("sagittal",)}
     results = {}

@@ -65,7 +65,7 @@ def run_set(name: str, options: list[str], data: Path, out: Path, fresh: bool) -
     """``visualad-med evaluate`` of one variant on one set (cached); returns its results.json."""
     results = out / "results.json"
     if fresh or not results.is_file():
-        command = [sys.executable, "-m", "visualad_med.apps.cli", "evaluate", "--data", str(data), "--out", str(out),
+        command = [sys.executable, "-m", "visualad_med", "evaluate", "--data", str(data), "--out", str(out),
                    *SETS[name][0], *options]
         print("$", shlex.join(command), file=sys.stderr, flush=True)
         started = time.perf_counter()

@@ -282,7 +282,7 @@ def test_read_only_output_folder_is_reported_and_nothing_written(tmp_path):
     out = tmp_path / "out"
     out.mkdir(mode=0o555)
     before = checksums(tmp_path / "in")
-    command = [sys.executable, "-m", "visualad_med.apps.cli", "infer", str(tmp_path / "in"), str(out), *MODEL]
+    command = [sys.executable, "-m", "visualad_med", "infer", str(tmp_path / "in"), str(out), *MODEL]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                             preexec_fn=_without_root_file_access)
     out.chmod(0o755)
@@ -411,3 +411,33 @@ def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, 
     monkeypatch.setenv("RANK", "0")
     assert run_scans(scans, tmp_path / "out", steps, progress=False) == (0, 1)
     assert "not a volume" in (tmp_path / "out" / "summary_rank0.csv").read_text()
+
+
+def test_torchrun_shards_a_folder_across_two_processes(tmp_path):
+    """Two CPU processes on 8 small volumes: each scan done once, by one rank, and each rank's summary lists its own."""
+    rng = np.random.default_rng(8)
+    for k in range(8):
+        write_nifti_scan(tmp_path / "in" / f"scan{k}.nii.gz", rng.normal(100, 20, (ROWS, COLUMNS, SLICES)),
+                         np.eye(3))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "visualad_med", "infer",
+               str(tmp_path / "in"), str(out), *MODEL]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = []
+    for rank in (0, 1):
+        with open(out / f"summary_rank{rank}.csv", newline="") as handle:
+            ranks.append({row["scan"] for row in csv.DictReader(handle) if row["status"] == "ok"})
+    assert len(ranks[0]) == len(ranks[1]) == 4 and ranks[0] | ranks[1] == {f"scan{k}" for k in range(8)}
+    assert all((out / f"scan{k}_report.json").is_file() for k in range(8))
+    assert not (out / "summary.csv").exists()
+
+
+def test_cohort_scoring_under_torchrun_is_refused_with_the_way_out(tmp_path, monkeypatch, caplog):
+    for k in range(2):
+        write_nifti_scan(tmp_path / "in" / f"scan{k}.nii.gz", np.full((ROWS, COLUMNS, SLICES), 100.0), np.eye(3))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["infer", str(tmp_path / "in"), str(tmp_path / "out"), *MODEL[:-2]]) == 2  # default scoring
+    assert "runs in one process, not under torchrun (pass --scoring visualad" in caplog.text

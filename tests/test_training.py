@@ -140,7 +140,7 @@ def test_cli_bad_training_data_gives_a_clear_error(tmp_path, caplog, case, messa
 
 def test_torchrun_trains_with_two_processes(tmp_path):
     root = make_mvtec(tmp_path / "data")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "visualad_med.apps.cli",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "visualad_med",
                "train", "--data", str(root), "--layout", "mvtec", "--out", str(tmp_path / "run"), "--epochs", "1",
                "--batch-size", "2", *TINY_CLI[:-2]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,

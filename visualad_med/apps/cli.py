@@ -12,7 +12,8 @@ from visualad_med.apps.cli_arguments import UNTRAINED, build_parser
 logger = logging.getLogger("visualad_med")
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
-SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)"}
+SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
+               "scoring": " (pass --scoring visualad to score each scan by the head alone)"}
 """What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
 
 
@@ -62,7 +63,7 @@ def _run_settings(args: argparse.Namespace, **options):
     from visualad_med.inference.settings import RunSettings
 
     return RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
-                       batch_size=args.batch_size, threshold=args.threshold, **options)
+                       batch_size=args.batch_size, threshold=args.threshold, precision=args.precision, **options)
 
 
 def _head_sha256(args: argparse.Namespace) -> str | None:

@@ -138,7 +138,8 @@ def _prepare_cohort(model: VisualAD, scans: list[ScanSource], settings: RunSetti
                     inferer: SliceInferer, work_dir: Path) -> tuple[RunSettings, CohortMaps]:
     """The settings (cohort threshold unless the user's) and fused maps of a cohort run."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("cohort scoring compares every scan with every other: run it in one process, not torchrun")
+        raise SettingError("scoring", "cohort scoring compares every scan with every other and runs in one process, "
+                           "not under torchrun")
     if settings.threshold is None:
         settings = replace(settings, threshold=COHORT_THRESHOLD)
     return settings, CohortMaps.build(model, scans, inferer, cohort, work_dir, settings.window)

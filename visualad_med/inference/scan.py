@@ -173,7 +173,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
         "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,
                   "image_size": model.config.image_size, "taps": list(model.config.taps),
                   "scoring": model.settings.scoring, "map_reference": model.settings.map_reference,
-                  "head_sha256": head_sha256, "visualad_med": __version__},
+                  "head_sha256": head_sha256, "precision": scores.precision, "visualad_med": __version__},
         "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - loaded, 3),
                     "write": round(finished - inferred, 3), "total": round(finished - started, 3),
                     "model": round(scores.model_seconds, 3),

@@ -29,6 +29,7 @@ class RunSettings:
         overwrite: redo scans whose report already exists.
         skip_empty: leave slices without body out of the model (map 0, score absent).
         progress: show progress bars.
+        precision: autocast of the model (``auto``: fp32 on the CPU, bf16 on CUDA; see the README).
     """
 
     planes: tuple[str, ...] = ("axial",)
@@ -38,6 +39,7 @@ class RunSettings:
     overwrite: bool = False
     skip_empty: bool = True
     progress: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         """Check the settings before any scan is read, so a typo fails the run once, not every scan."""
@@ -54,7 +56,7 @@ class RunSettings:
         """The :class:`SliceInferer` of these settings, on the model's device."""
         device = next(model.parameters()).device
         return SliceInferer(self.planes, self.batch_size, device=device, skip_empty=self.skip_empty,
-                            progress=self.progress)
+                            progress=self.progress, precision=self.precision)
 
     def mask_threshold(self, model: VisualAD) -> float:
         """The threshold on the map: these settings', else the model's calibrated one."""

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from visualad_med.errors import SettingError
 from visualad_med.model.checkpoint import HeadConfig
-from visualad_med.model.devices import autocast
+from visualad_med.model.devices import autocast, resolve_precision
 from visualad_med.model.visualad import VisualAD
 from visualad_med.transforms import PLANES, SlicePipeline, anatomical_axis, slice_pipeline
 
@@ -57,11 +57,13 @@ class SliceScores:
         model_seconds: time spent in model calls (inputs to the device, maps back), all planes.
         slices_run: slices that went through the model, over all planes.
         per_plane_seconds: wall time of each plane.
+        precision: the autocast the model ran under (``fp32``, ``bf16`` or ``fp16``).
     """
 
     plane: str
     axis: int
     scores: list[float | None]
+    precision: str = "fp32"
     seconds: float = 0.0
     model_seconds: float = 0.0
     slices_run: int = 0
@@ -90,6 +92,8 @@ class SliceInferer(Inferer):
         device: where the model runs (inputs are moved there batch by batch).
         skip_empty: leave out slices without body (their map is 0, score ``None``).
         progress: show a progress bar per plane.
+        precision: autocast of the model's forward pass, ``auto``, ``fp32``, ``bf16`` or ``fp16``
+            (:func:`~visualad_med.model.devices.resolve_precision`; ``auto``: fp32 on the CPU).
 
     Call it with the volume, the network (anything with ``config`` that maps ``(B, 3, S, S)``
     images to ``{"map", "score"}``) and the scan's :data:`SlicePreprocessing`
@@ -107,6 +111,7 @@ class SliceInferer(Inferer):
         device: torch.device | str = "cpu",
         skip_empty: bool = True,
         progress: bool = True,
+        precision: str = "auto",
     ) -> None:
         super().__init__()
         check_planes(planes)
@@ -119,6 +124,7 @@ class SliceInferer(Inferer):
         self.device = torch.device(device)
         self.skip_empty = skip_empty
         self.progress = progress
+        self.precision = resolve_precision(self.device, precision)
 
     def __call__(self, inputs: MetaTensor, network: VisualAD, preprocessing: SlicePreprocessing, *args,
                  **kwargs) -> ScanMaps:
@@ -129,7 +135,7 @@ class SliceInferer(Inferer):
         started = time.perf_counter()
         total = torch.zeros(inputs.shape[1:], dtype=torch.float32)
         axis = anatomical_axis(inputs.affine, self.planes[0])
-        scores = SliceScores(self.planes[0], axis, [None] * inputs.shape[axis + 1])
+        scores = SliceScores(self.planes[0], axis, [None] * inputs.shape[axis + 1], self.precision)
         for plane in self.planes:
             plane_started = time.perf_counter()
             plane_scores = self._plane(inputs, network, preprocessing(plane), total, scores)
@@ -169,7 +175,7 @@ class SliceInferer(Inferer):
             wanted = torch.nonzero(keep).flatten()
             for batch in wanted.split(self.batch_size) if wanted.numel() else ():  # split() of nothing is (empty,)
                 called = time.perf_counter()
-                with torch.inference_mode(), autocast(self.device):
+                with torch.inference_mode(), autocast(self.device, self.precision):
                     outputs = network(slices[batch].to(self.device))
                 maps[batch] = outputs["map"].float().cpu()
                 batch_scores = outputs["score"].float().cpu().tolist()
