@@ -4,7 +4,9 @@ Each ``run`` workflow (inference, train, evaluate) runs as a subprocess from a t
 a tiny seeded ViT (weights saved to a file, so the bundle and ``visualad-med infer`` see the same
 model) and a tiny head given by key overrides; ``verify_metadata``, ``verify_net_in_out`` and most
 bad inputs run in-process (a subprocess costs ~10 s of imports); the real backbone only in the
-``slow`` test.
+``slow`` test. The zoo's own CI script, ``ci/verify_bundle.py -m min``, runs against a copy of the
+bundle when a checkout of Project-MONAI/model-zoo is found (``$MONAI_MODEL_ZOO``, else a ``model-zoo``
+folder beside this repository's checkout).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from safetensors.torch import save_file
 
 from bad_inputs import write_dicom_series
@@ -38,6 +41,8 @@ CONFIGS = BUNDLE / "configs"
 INFERENCE, TRAIN, EVALUATE = (str(CONFIGS / f"{name}.json") for name in ("inference", "train", "evaluate"))
 META = str(CONFIGS / "metadata.json")
 SCHEMA = BUNDLE / "docs" / "meta_schema_20240725.json"
+ZOO = Path(os.environ.get("MONAI_MODEL_ZOO") or Path(__file__).resolve().parents[2] / "model-zoo")
+"""A checkout of Project-MONAI/model-zoo (``ci/verify_bundle.py`` and its helpers)."""
 BACKBONE = "vit_tiny_patch16_224"
 SIZE = 32
 
@@ -290,3 +295,109 @@ def test_inference_with_cohort_scoring_matches_the_cli(work: Path):
         assert {key for key in ours if ours[key] != theirs[key]} <= {"seconds"}
         np.testing.assert_array_equal(np.asarray(nib.load(work / "cohort_out" / f"scan{k}_anomaly.nii.gz").dataobj),
                                       np.asarray(nib.load(work / "cohort_cli" / f"scan{k}_anomaly.nii.gz").dataobj))
+
+
+def _workflow(work: Path, tmp_path: Path, name: str) -> ConfigWorkflow:
+    """The ``name`` workflow as the zoo's tests build it (``ConfigWorkflow`` + ``initialize``), tiny model."""
+    tiny = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors"), "device": "cpu",
+            "output_dir": str(tmp_path / "out")}
+    workflow_type, overrides = {
+        "inference": ("inference", {"dataset_dir": str(work / "scans"), "head": str(work / "head.safetensors")}),
+        "train": ("train", {"dataset_dir": str(make_mvtec(tmp_path / "mvtec")), "image_size": SIZE}),
+        "evaluate": ("eval", {"dataset_dir": str(make_mvfa(tmp_path / "mvfa", "Brain")),
+                              "head": str(work / "head.safetensors")}),
+    }[name]
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / f"{name}.json"), meta_file=META, logging_file=False,
+                              workflow_type=workflow_type, **tiny, **overrides)
+    workflow.initialize()
+    return workflow
+
+
+@pytest.mark.parametrize("name", ["inference", "train", "evaluate"])
+def test_workflow_has_the_properties_monai_checks(work: Path, tmp_path: Path, name: str):
+    """``ConfigWorkflow(...).check_properties()``: MONAI's ``InferProperties`` / ``TrainProperties`` all present."""
+    workflow = _workflow(work, tmp_path, name)
+    assert workflow.check_properties() == []
+    if name == "train":  # the properties are the objects the run uses
+        from visualad_med.apps.bundle_training import HeadTrainer
+
+        trainer = workflow.trainer
+        assert isinstance(trainer, HeadTrainer) and workflow.max_epochs == trainer.max_epochs == 2
+        assert trainer.dataset is workflow.train_dataset and trainer.inferer is workflow.train_inferer
+    else:
+        assert workflow.evaluator.inferer is workflow.inferer
+
+
+def _bundle_copy(root: Path) -> Path:
+    """The bundle in the zoo's layout under ``root/models`` (links resolved, ``model.pt`` written, and
+    ``eval/schema.json`` as the zoo's ``ci/prepare_schema.py`` puts it); returns ``root/models``."""
+    from visualad_med.apps.zoo_weights import write_model_pt
+
+    copy = root / "models" / BUNDLE.name
+    shutil.copytree(BUNDLE, copy, symlinks=False, ignore=shutil.ignore_patterns("model.pt", "eval"))
+    write_model_pt(copy)
+    (copy / "eval").mkdir()
+    shutil.copyfile(SCHEMA, copy / "eval" / "schema.json")
+    return root / "models"
+
+
+def test_large_files_hashes_are_the_files(tmp_path: Path):
+    """``large_files.yml`` lists ``models/model.pt`` and the head with the sha256 of their bytes; ``model.pt``
+    is the safetensors head, written again here, and loads with ``weights_only=True``."""
+    from safetensors.torch import load_file
+    from visualad_med.apps.zoo_weights import NETWORK_PREFIX, large_files, mismatches
+
+    copy = _bundle_copy(tmp_path) / BUNDLE.name
+    entries = {entry["path"]: entry for entry in large_files(BUNDLE)}
+    assert set(entries) == {"models/model.pt", "models/visualad_head.safetensors", "models/visualad_head.json"}
+    assert all(entry["hash_type"] == "sha256" for entry in entries.values())
+    for name in ("models/visualad_head.safetensors", "models/visualad_head.json"):
+        assert file_sha256(BUNDLE / name) == entries[name]["hash_val"], name
+    assert entries["models/visualad_head.safetensors"]["hash_val"] == json.loads(Path(META).read_text())["head_sha256"]
+    head = load_file(str(BUNDLE / "models" / "visualad_head.safetensors"))
+    saved = torch.load(copy / "models" / "model.pt", weights_only=True)
+    assert list(saved) == sorted(NETWORK_PREFIX + name for name in head)
+    assert all(torch.equal(saved[NETWORK_PREFIX + name], tensor) for name, tensor in head.items())
+    if torch.__version__.split("+")[0] == json.loads(Path(META).read_text())["pytorch_version"]:
+        assert mismatches(copy) == []  # the same bytes as the model.pt listed
+    if (BUNDLE / "models" / "model.pt").is_file():  # written in this checkout by python -m ...zoo_weights
+        assert mismatches(BUNDLE) == []
+
+
+def test_model_pt_loads_into_the_network_def(work: Path):
+    """``model.pt``'s keys are the inference ``network_def``'s: ``load_state_dict(strict=False)`` gives the head."""
+    from visualad_med.apps.bundle import build_network
+    from visualad_med.apps.zoo_weights import zoo_state_dict
+
+    tiny = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors")}
+    trained = build_network(head=str(work / "head.safetensors"), **tiny)
+    fresh = build_network(head="untrained", image_size=SIZE, **tiny)
+    result = fresh.load_state_dict(zoo_state_dict(work / "head.safetensors"), strict=False)
+    assert result.unexpected_keys == [] and all(k.startswith("model.backbone.vit.") for k in result.missing_keys)
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fresh(images), trained(images))
+
+
+def test_configs_are_formatted_as_the_zoo_formats_them():
+    """The zoo's pre-commit: ``pretty-format-json --autofix --no-sort-keys --indent=4``."""
+    for path in sorted(CONFIGS.glob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n", path.name
+
+
+def test_zoo_verify_bundle_min(tmp_path: Path):
+    """The zoo's CI script, ``ci/verify_bundle.py -m min`` (what its CPU premerge runs), on a copy of the bundle."""
+    script = ZOO / "ci" / "verify_bundle.py"
+    if not script.is_file():
+        pytest.skip(f"no model-zoo checkout at {ZOO} (set MONAI_MODEL_ZOO to a checkout of Project-MONAI/model-zoo)")
+    models = _bundle_copy(tmp_path)
+    info = ZOO / "models" / "model_info.json"
+    (models / "model_info.json").write_text(info.read_text() if info.is_file() else "{}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(script), "-b", BUNDLE.name, "-p", str(models), "-m", "min"],
+                            cwd=ZOO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for line in ("directory is verified correctly.", "version and changelog are verified correctly.",
+                 "metadata format is verified correctly."):
+        assert line in result.stdout

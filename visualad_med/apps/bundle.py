@@ -1,16 +1,19 @@
-"""Glue for the MONAI bundle ``bundles/visualad_zsad``: what its configs need that the library lacks.
+"""Glue for the MONAI bundle ``bundles/visualad_zsad``: the pieces every config shares, and inference.
 
-The configs (``configs/inference.json``, ``train.json``, ``evaluate.json``) build everything from
-flat keys with these pieces, each a thin call into the library:
+The configs build everything from flat keys with thin calls into the library. This module holds
 
+- the checks of config values (:func:`resolve_device`, :func:`as_planes`, :func:`as_window`,
+  :func:`require_dir`, :func:`require_layout`, :func:`labelled_dataset`), which end a run with
+  :class:`BundleConfigError`;
 - :func:`build_network`: :func:`~visualad_med.model.for_run.model_for_run` wrapped in
   :class:`VisualADMapNet` (``(B, 3, H, W)`` in, ``(B, 1, H, W)`` anomaly map out: the zoo's
   tensor-to-tensor network contract, which ``verify_net_in_out`` checks);
-- :func:`scan_datalist`: the scans of ``dataset_dir`` (the example scan when it is unset), through
-  :func:`~visualad_med.inference.folder.find_folder_scans`;
-- :class:`ScanFolderEvaluator`, the workflow ``run`` calls:
-  :func:`~visualad_med.inference.folder.run_folder`, the same as ``visualad-med infer``;
-- :func:`run_training` and :func:`run_evaluation` for the other two configs.
+- the inference workflow (``configs/inference.json``): :func:`scan_datalist` (the scans of
+  ``dataset_dir``, the example scan when it is unset) and :class:`ScanFolderEvaluator`, which runs
+  :func:`~visualad_med.inference.folder.run_folder`, the same as ``visualad-med infer``.
+
+Training (``configs/train.json``) is in :mod:`visualad_med.apps.bundle_training`, evaluation
+(``configs/evaluate.json``) in :mod:`visualad_med.apps.bundle_evaluation`.
 
 A config value that cannot work ends the run with :class:`BundleConfigError`: one line naming
 the key to fix (``dataset_dir: /x does not exist; set --dataset_dir``), no traceback. The key
@@ -21,9 +24,7 @@ from the words of a message.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,9 +40,9 @@ from visualad_med.io.hashing import file_sha256
 from visualad_med.model.checkpoint import SHIPPED_HEAD, HeadCheckpointError, shipped_head
 from visualad_med.model.cohort import CohortSettings
 from visualad_med.model.devices import resolve_device as _resolve_device
-from visualad_med.model.for_run import DEFAULT_BACKBONE, model_for_run
+from visualad_med.model.for_run import model_for_run
 from visualad_med.model.img_focus import cache_dir
-from visualad_med.model.visualad import VisualAD, build_model
+from visualad_med.model.visualad import VisualAD
 from visualad_med.model.weights import BackboneWeightsError
 from visualad_med.transforms import resolve_window
 
@@ -54,6 +55,8 @@ UNTRAINED = "untrained"
 EXAMPLE_NAME = "mni152_t1_1mm.nii.gz"
 CONFIG_KEYS = {"input": "dataset_dir", "output": "output_dir"}
 """The config key of a :class:`~visualad_med.errors.SettingError`'s setting, where the names differ."""
+NO_COHORT = "none"
+"""``cohort_scoring`` value that scores every scan by the head alone."""
 
 
 class BundleConfigError(SystemExit):
@@ -105,16 +108,6 @@ def as_window(window: str | Sequence[float]) -> str | tuple[float, float]:
         return resolve_window((float(width), float(level)))
     except (ValueError, TypeError) as error:
         raise BundleConfigError("window", f"{error}; set --window auto, a preset or WIDTH,LEVEL in HU") from None
-
-
-def as_taps(taps: str | int | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``None``, ``"3,6,9,12"`` or a list of 1-based tap layers."""
-    if taps is None:
-        return None
-    if isinstance(taps, int):
-        return (taps,)
-    values = taps.split(",") if isinstance(taps, str) else taps
-    return tuple(int(v) for v in values)
 
 
 class VisualADMapNet(nn.Module):
@@ -180,7 +173,7 @@ def config_error(error: Exception, fallback: str, advice: str = "") -> BundleCon
     return BundleConfigError(key, f"{error}; set --{key}{advice}")
 
 
-def _model_error(error: Exception) -> BundleConfigError:
+def model_error(error: Exception) -> BundleConfigError:
     """The config key behind a model-building error."""
     if isinstance(error, HeadCheckpointError):
         return BundleConfigError("head", f"{error}; set --head to a head trained on this backbone, --backbone to "
@@ -219,7 +212,7 @@ def build_network(
         model = model_for_run(path, backbone=backbone, backbone_weights=backbone_weights, image_size=image_size,
                               scoring=scoring, map_reference=map_reference)
     except (ValueError, TypeError, BackboneWeightsError) as error:
-        raise _model_error(error) from None
+        raise model_error(error) from None
     return VisualADMapNet(model.eval(), path)
 
 
@@ -340,13 +333,6 @@ def require_dir(path: str | Path | Sequence[str | Path] | None, key: str = "data
     return Path(path)
 
 
-def as_roots(dataset_dir: str | Sequence[str]) -> list[str]:
-    """The training data roots of ``dataset_dir`` (one folder or a list), as recorded in the head."""
-    return [str(root) for root in dataset_dir] if isinstance(dataset_dir, (list, tuple)) else [str(dataset_dir)]
-
-
-NO_COHORT = "none"
-"""``cohort_scoring`` value that scores every scan by the head alone."""
 VOLUME_LAYOUT = "msd"
 """The bundle's layout name for a Medical Segmentation Decathlon folder (volumes with label volumes)."""
 
@@ -361,13 +347,16 @@ def require_layout(layout: str) -> str:
     return layout
 
 
-def _dataset(model: VisualAD, dataset_dir, layout, split, classes=None, missing_mask="error"):
+def labelled_dataset(model: VisualAD, dataset_dir, layout: str, split: str, classes: Sequence[str] | None = None,
+                     missing_mask: str = "error", resize: str = "squash"):
+    """The labelled 2D set under ``dataset_dir`` (one folder or a list) at the model's input size; errors name
+    ``layout`` or ``dataset_dir``."""
     from visualad_med.datasets import build_dataset
 
     try:
         config = model.config
         return build_dataset(require_layout(layout), require_dir(dataset_dir), config.image_size, config.mean,
-                             config.std, split=split, classes=classes, missing_mask=missing_mask)
+                             config.std, split=split, classes=classes, missing_mask=missing_mask, resize=resize)
     except ValueError as error:
         raise BundleConfigError("dataset_dir", f"{error}; set --dataset_dir (and --layout, --split)") from None
 
@@ -376,130 +365,3 @@ def command_line() -> str:
     """The command that is running, as recorded in results and heads."""
     program = "python -m monai.bundle" if sys.argv and sys.argv[0].endswith("__main__.py") else sys.argv[0]
     return " ".join([program, *sys.argv[1:]])
-
-
-def build_training_network(backbone: str = DEFAULT_BACKBONE, backbone_weights: str | None = None,
-                           image_size: int | None = None, taps: str | Sequence[int] | None = None,
-                           seed: int = 0, map_reference: str = "none") -> VisualAD:
-    """A fresh VisualAD to train (the train config's ``network_def``); errors name the key."""
-    try:
-        model = build_model(backbone, backbone_weights=backbone_weights, image_size=image_size, taps=as_taps(taps),
-                            seed=seed)
-    except (ValueError, TypeError, BackboneWeightsError) as error:
-        raise _model_error(error) from None
-    try:
-        return model.set_map_reference(map_reference)
-    except ValueError as error:
-        raise BundleConfigError("map_reference", f"{error}; set --map_reference") from None
-
-
-def training_dataset(network: VisualAD, dataset_dir, layout: str = "mvtec", split: str = "test"):
-    """The industrial training set (MVTec, VisA or meta.json folder) at the model's input size."""
-    return _dataset(network, dataset_dir, layout, split)
-
-
-def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synthetic_probability: float = 0.5,
-                  synthetic_source: Sequence[str] | str | None = None,
-                  synthetic_base: Sequence[str] | str | None = None, augment: str | None = None,
-                  augment_probability: float = 0.5, seed: int = 111):
-    """``dataset`` with synthetic anomalies and augmentations mixed in, as ``visualad-med train`` does."""
-    from visualad_med.training.auxiliary import build_auxiliary_set
-
-    if isinstance(synthetic, (list, tuple)):
-        synthetic = ",".join(synthetic)
-    if isinstance(augment, (list, tuple)):
-        augment = ",".join(augment)
-    synthetic_source, synthetic_base = ([value] if isinstance(value, str) else value
-                                        for value in (synthetic_source, synthetic_base))
-    try:
-        return build_auxiliary_set(dataset, network.config.mean, network.config.std, synthetic=synthetic,
-                                   synthetic_probability=synthetic_probability,
-                                   synthetic_sources=synthetic_source or (), synthetic_bases=synthetic_base or (),
-                                   augment=augment,
-                                   augment_probability=augment_probability, seed=seed)
-    except ValueError as error:
-        key = "augment" if "augment" in str(error) else "synthetic"
-        raise BundleConfigError(key, f"{error}; set --{key}, --{key}_probability"
-                                + (", --synthetic_source, --synthetic_base" if key == "synthetic" else "")) from None
-
-
-def run_training(network: VisualAD, dataset, output_dir, config, device, calibration_set=None, resume: bool = False,
-                 provenance: dict | None = None, balance_classes: bool | None = None) -> Path:
-    """:func:`visualad_med.training.loop.train` with the bundle's command recorded; returns the final head's path.
-
-    ``balance_classes`` draws every class of ``calibration_set`` (the industrial set) equally often;
-    ``None``: when it holds more than one class.
-    """
-    from visualad_med.datasets import class_balanced_weights
-    from visualad_med.training.loop import train
-
-    if not output_dir:
-        raise BundleConfigError("output_dir", "not set; set --output_dir")
-    base = calibration_set if calibration_set is not None else dataset
-    balance = len(base.classes) > 1 if balance_classes is None else bool(balance_classes)
-    try:
-        return train(network, dataset, Path(output_dir), config, resolve_device(device),
-                     calibration_set=calibration_set, resume=resume,
-                     provenance={**(provenance or {}), "classes": base.classes, "balance_classes": balance,
-                                 "command": command_line()},
-                     sample_weights=class_balanced_weights(base) if balance else None)
-    except FileNotFoundError as error:
-        if resume:
-            raise BundleConfigError("resume", f"{error}") from None
-        raise
-
-
-def run_evaluation(network: nn.Module, dataset_dir, layout: str, output_dir, split: str = "test",
-                   classes: Sequence[str] | None = None, batch_size: int = 8, overlays: int = 8,
-                   device: str | torch.device = "auto", workers: int = 0, labels_dir: str | None = None,
-                   window: str | Sequence[float] = "auto", planes: str | Sequence[str] = "axial",
-                   threshold: float | None = None, cohort_scoring: str | None = None) -> dict:
-    """:func:`visualad_med.evaluation.images.evaluate` on a labelled 2D set (MVFA, meta.json, MVTec, VisA), or, for
-    ``layout`` ``msd`` or a ``labels_dir``, :func:`visualad_med.evaluation.volumes.evaluate_volumes`."""
-    from visualad_med.evaluation.images import evaluate
-    from visualad_med.evaluation.report import markdown_table
-
-    if not output_dir:
-        raise BundleConfigError("output_dir", "not set; set --output_dir")
-    if labels_dir or layout == VOLUME_LAYOUT:
-        return _run_volume_evaluation(network, dataset_dir, labels_dir, output_dir, split, batch_size, window,
-                                      planes, threshold, cohort_scoring)
-    model = unwrap(network)
-    if isinstance(classes, str):
-        classes = [classes]
-    _dataset(model, dataset_dir, layout, split, classes, missing_mask="skip")  # checks the folder, names the key
-    started = time.perf_counter()
-    try:
-        results = evaluate(model, Path(dataset_dir), layout, Path(output_dir), split=split, classes=classes,
-                           batch_size=batch_size, overlays=overlays, device=resolve_device(device),
-                           num_workers=workers, head=getattr(network, "head_path", None),
-                           command=command_line().split(" "))
-    except ValueError as error:
-        key = "batch_size" if "batch_size" in str(error) else "dataset_dir"
-        raise BundleConfigError(key, f"{error}; set --{key}") from None
-    logger.info("results (%.1f s):\n%s", time.perf_counter() - started, markdown_table(results))
-    return results
-
-
-def _run_volume_evaluation(network: nn.Module, dataset_dir, labels_dir, output_dir, split: str, batch_size: int,
-                           window, planes, threshold: float | None, cohort_scoring: str | None) -> dict:
-    """Volumes against label volumes: a Decathlon folder, or ``dataset_dir`` scans matched with ``labels_dir``."""
-    from visualad_med.datasets.volume_pairs import labelled_volumes
-    from visualad_med.evaluation.volumes import evaluate_volumes
-
-    require_dir(dataset_dir)
-    try:
-        pairs = labelled_volumes(dataset_dir, labels_dir and require_dir(labels_dir, "labels_dir"),
-                                 "training" if split == "test" else split)  # the config's 2D default split
-        settings = RunSettings(planes=as_planes(planes), window=as_window(window), batch_size=batch_size,
-                               threshold=threshold, overwrite=True)
-    except ValueError as error:
-        raise BundleConfigError("dataset_dir", f"{error}; set --dataset_dir (and --labels_dir, --split)") from None
-    cohort = cohort_settings(network, cohort_scoring, None, None, output_dir, window, planes)
-    results = evaluate_volumes(unwrap(network), pairs, Path(output_dir), settings, data=str(dataset_dir),
-                               head=getattr(network, "head_path", None), command=command_line().split(" "),
-                               cohort=cohort)
-    if results["counts"]["failed"]:
-        raise BundleRunError(f"{results['counts']['failed']} of {results['counts']['listed']} scans failed "
-                             f"(reasons above and in {Path(output_dir) / 'results.json'})")
-    return results

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,10 +160,14 @@ def _load_state(out_dir: Path, model: VisualAD, optimizer: torch.optim.Optimizer
     return int(state["epoch"])
 
 
-def train_step(model, images, masks, labels, optimizer, config: TrainConfig, device) -> dict[str, float]:
-    """One optimisation step; returns the loss values."""
+def train_step(model, images, masks, labels, optimizer, config: TrainConfig, device,
+               inferer: Callable | None = None) -> dict[str, float]:
+    """One optimisation step; returns the loss values.
+
+    ``inferer(images, model)`` (e.g. MONAI's ``SimpleInferer``) runs the forward pass when given, else ``model(images)``.
+    """
     with autocast(device, config.precision):
-        outputs = model(images)
+        outputs = model(images) if inferer is None else inferer(images, model)
     losses = visualad_losses(outputs, masks, labels)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
@@ -184,6 +189,7 @@ def train(
     resume: bool = False,
     provenance: dict | None = None,
     sample_weights: torch.Tensor | None = None,
+    inferer: Callable | None = None,
 ) -> Path:
     """Train the head and write checkpoints into ``out_dir``.
 
@@ -199,6 +205,8 @@ def train(
         provenance: recorded in the head's config (data, layout, command).
         sample_weights: ``(len(dataset),)`` sampling weights (e.g.
             :func:`~visualad_med.datasets.class_balanced_weights`); ``None`` shuffles uniformly.
+        inferer: runs each step's forward pass as ``inferer(images, model)`` (the bundle's
+            ``train#inferer``, a ``SimpleInferer``); ``None``: ``model(images)``.
 
     Returns:
         Path of the final head.
@@ -225,7 +233,7 @@ def train(
             if batch is None:
                 continue
             losses = train_step(runner, batch["image"].to(device), batch["mask"].to(device),
-                                batch["label"].to(device), optimizer, config, device)
+                                batch["label"].to(device), optimizer, config, device, inferer)
             seen += len(batch["label"])
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
