@@ -24,7 +24,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from visualad_med.evaluation.metrics import PixelMetricAccumulator
+from visualad_med.evaluation.pixel_metrics import PixelMetricAccumulator
 
 
 def _peak_rss_mib() -> float:

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from visualad_med import build_model, load_model
 from visualad_med.model import checkpoint
 from visualad_med.datasets import build_dataset, collate_skip_invalid
-from visualad_med.evaluation.metrics import PixelMetricAccumulator, image_metrics
-from visualad_med.model.visualad import top_fraction_mean, upsample_scores
+from visualad_med.evaluation.metrics import image_metrics
+from visualad_med.evaluation.pixel_metrics import PixelMetricAccumulator
+from visualad_med.model.torch_model import top_fraction_mean, upsample_scores
 from visualad_med.model.body_reference import BODY_LEVEL, body_mask, reference_to_body
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

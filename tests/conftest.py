@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from visualad_med.model.visualad import VisualAD
+from visualad_med.model.torch_model import VisualAD
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -20,7 +20,8 @@ from conftest import tiny_vit
 from visualad_med.apps.cli import main
 from visualad_med.datasets import MVFADataset, write_meta_json
 from visualad_med.evaluation.images import evaluate
-from visualad_med.evaluation.metrics import PixelMetricAccumulator, curve_points, image_metrics
+from visualad_med.evaluation.metrics import curve_points, image_metrics
+from visualad_med.evaluation.pixel_metrics import PixelMetricAccumulator
 from visualad_med.model.visualad import build_model
 from visualad_med.evaluation.report import markdown_table, percent_cell
 from visualad_med.io.hashing import file_sha256

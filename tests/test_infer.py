@@ -31,7 +31,8 @@ from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
 from visualad_med.apps.cli import main
 from visualad_med.inference.slices import SliceInferer, scan_scores, slice_preprocessing
-from visualad_med.model.visualad import VisualAD, build_model
+from visualad_med.model.torch_model import VisualAD
+from visualad_med.model.visualad import build_model
 from visualad_med.io import DicomSeries, ScanSource, find_scans, load_scan
 from visualad_med.transforms import resolve_intensity_window
 

@@ -1,4 +1,4 @@
-"""Tests for visualad_med.evaluation.metrics against scikit-learn and a slow AUPRO reference."""
+"""Tests for visualad_med.evaluation.metrics and pixel_metrics against scikit-learn and a slow AUPRO reference."""
 
 import logging
 import math
@@ -8,16 +8,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from visualad_med.evaluation import metrics
-from visualad_med.evaluation.metrics import (
-    PixelMetricAccumulator,
-    aupro,
-    auroc,
-    average_precision,
-    f1_max,
-    image_metrics,
-    mean_row,
-)
+from visualad_med.evaluation.metrics import auroc, average_precision, f1_max, image_metrics, mean_row
+from visualad_med.evaluation.pixel_metrics import PixelMetricAccumulator, _BlockBuffer, aupro
 
 TOL = 1e-6
 
@@ -210,7 +202,7 @@ def test_small_blocks_give_same_result(monkeypatch):
     masks[2, 6, 6] = True
     maps = anomaly_maps(rng, masks, levels=30)
     expected = pixel_metrics(maps, masks)
-    monkeypatch.setattr(metrics._BlockBuffer, "_BLOCK_BYTES", 56)
+    monkeypatch.setattr(_BlockBuffer, "_BLOCK_BYTES", 56)
     accumulator = PixelMetricAccumulator()
     accumulator.update(maps[:3], masks[:3])
     accumulator.compute()
@@ -219,7 +211,7 @@ def test_small_blocks_give_same_result(monkeypatch):
 
 
 def test_block_buffer_keeps_every_value_in_order():
-    buffer = metrics._BlockBuffer(np.uint32)
+    buffer = _BlockBuffer(np.uint32)
     buffer._block_len = 7
     parts = [np.arange(start, start + n, dtype=np.uint32) for start, n in [(0, 3), (3, 0), (3, 11), (14, 7), (21, 1)]]
     for part in parts[:3]:
@@ -280,7 +272,7 @@ def test_float64_maps_are_scored_as_float32():
 def test_pixel_one_class_missing_is_nan(fill, caplog):
     accumulator = PixelMetricAccumulator()
     accumulator.update(np.random.default_rng(0).random((2, 5, 5)), np.full((2, 5, 5), fill))
-    with caplog.at_level(logging.WARNING, logger="visualad_med.evaluation.metrics"):
+    with caplog.at_level(logging.WARNING, logger="visualad_med.evaluation.pixel_metrics"):
         result = accumulator.compute()
     assert set(result) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
     assert all(math.isnan(v) for v in result.values())

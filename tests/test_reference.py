@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import tiny_vit
 
-from visualad_med.model.visualad import build_model, top_fraction_mean
+from visualad_med.model.torch_model import top_fraction_mean
+from visualad_med.model.visualad import build_model
 from visualad_med.model.body_reference import body_mask, reference_to_body
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_vit
 from visualad_med import build_model
-from visualad_med.model.visualad import upsample_scores
+from visualad_med.model.torch_model import upsample_scores
 from visualad_med.model.selfsim import default_layers, self_similarity_scores
 
 

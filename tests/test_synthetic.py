@@ -11,17 +11,14 @@ import torch
 from PIL import Image
 
 from visualad_med.datasets import MVTecDataset, read_rgb
+from visualad_med.training.anomaly_kinds import SYNTHETIC_KINDS, VISIBLE_LEVELS, make_anomaly, perlin_noise
 from visualad_med.training.synthetic import (
     SKIMAGE_PHOTOS,
-    SYNTHETIC_KINDS,
-    VISIBLE_LEVELS,
     MixedAnomalyDataset,
     SyntheticAnomalyDataset,
     build_synthetic_training_set,
     load_skimage_photos,
-    make_anomaly,
     parse_synthetic_spec,
-    perlin_noise,
 )
 
 SIZE = 16

@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from visualad_med.evaluation.binned import BinnedVoxelMetrics, region_weights
 from visualad_med.apps.cli import main
-from visualad_med.evaluation.metrics import PixelMetricAccumulator
+from visualad_med.evaluation.pixel_metrics import PixelMetricAccumulator
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
          "--image-size", "32", "--device", "cpu", "--scoring", "visualad"]

@@ -1,6 +1,6 @@
 """Voxel metrics of a whole cohort in bounded memory: AUROC, AP, F1-max and AUPRO from score histograms.
 
-:class:`~visualad_med.evaluation.metrics.PixelMetricAccumulator` is exact but keeps 4 bytes
+:class:`~visualad_med.evaluation.pixel_metrics.PixelMetricAccumulator` is exact but keeps 4 bytes
 per voxel: 100 CT volumes of 512 x 512 x 300 would need 31 GB. A cohort is
 pooled here instead in fixed histograms over the float32 score: the bin of a
 score is the top :data:`BIN_BITS` bits of its order-preserving 32-bit key (sign,
@@ -13,7 +13,7 @@ with region-weighted PRO.
 
 AUPRO regions are whatever the caller labels (26-connected per volume here, see
 :func:`region_weights`), each weighing 1 / its size per voxel, as in
-:mod:`visualad_med.evaluation.metrics`.
+:mod:`visualad_med.evaluation.aupro`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .metrics import TWENTY_SIX_CONNECTED, CurvePoints, _sortable_keys
+from .aupro import TWENTY_SIX_CONNECTED
+from .metrics import CurvePoints
+from .pixel_metrics import _sortable_keys
 
 BIN_BITS = 20
 """Histogram resolution: bins are the top 20 bits of the 32-bit score key."""

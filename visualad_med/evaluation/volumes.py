@@ -15,7 +15,7 @@ scan's grid. Per scan and pooled over the cohort:
   (no body) count as the lowest score of the cohort;
 * Dice and IoU of the mask at the threshold (the head's, or ``--threshold``).
 
-Per-scan numbers are exact (:class:`~visualad_med.evaluation.metrics.PixelMetricAccumulator`);
+Per-scan numbers are exact (:class:`~visualad_med.evaluation.pixel_metrics.PixelMetricAccumulator`);
 pooled voxel numbers come from fixed-size histograms
 (:class:`~visualad_med.evaluation.binned.BinnedVoxelMetrics`), so memory is bounded
 by one scan whatever the cohort's size. "Mean over scans" averages the per-scan
@@ -40,9 +40,10 @@ import torch
 from visualad_med.io.atomic import atomic_path
 from .binned import BinnedVoxelMetrics, region_weights
 from visualad_med.datasets.volume_pairs import VolumePair
-from .images import _environment, _head_identity
-from .metrics import PixelMetricAccumulator, auroc, average_precision, curve_points, image_metrics
-from visualad_med.model.visualad import VisualAD
+from .results import _environment, _head_identity
+from .metrics import auroc, average_precision, curve_points, image_metrics
+from .pixel_metrics import PixelMetricAccumulator
+from visualad_med.model.torch_model import VisualAD
 from visualad_med.model.body_reference import volume_body_mask
 from .report import plot_curves, write_results
 from visualad_med.io.hashing import file_sha256

@@ -36,7 +36,7 @@ from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT
 from visualad_med.model.cohort import head_patch_scores
 from visualad_med.model.cohort import patch_maps
 from .slices import SliceInferer, slice_preprocessing
-from visualad_med.model.visualad import VisualAD, top_fraction_mean
+from visualad_med.model.torch_model import VisualAD, top_fraction_mean
 from visualad_med.model.mutual import cohort_scores, position_candidates, stack_features
 from visualad_med.model.reference_bank import ReferenceBank
 from visualad_med.io import ScanLoadError, ScanSource, load_scan

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from visualad_med.io.images import letterbox_image, read_rgb
 from visualad_med.io.writers import write_json
-from visualad_med.model.visualad import VisualAD
+from visualad_med.model.torch_model import VisualAD
 from visualad_med.io.overlay import heat_overlay, save_png
 from visualad_med.model.devices import autocast
 

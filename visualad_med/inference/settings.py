@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from visualad_med.errors import SettingError
-from visualad_med.model.visualad import VisualAD
+from visualad_med.model.torch_model import VisualAD
 from visualad_med.transforms import resolve_window
 
 from .slices import SliceInferer, check_planes

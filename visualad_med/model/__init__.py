@@ -6,7 +6,8 @@ checkpoints (safetensors, the reference's format) and backbone weights.
 
 from .backbone import PRESETS
 from .checkpoint import HeadCheckpointError, HeadConfig, shipped_head
-from .visualad import VisualAD, build_model, load_model
+from .torch_model import VisualAD
+from .visualad import build_model, load_model
 from .weights import BackboneWeightsError
 
 __all__ = ["PRESETS", "BackboneWeightsError", "HeadCheckpointError", "HeadConfig", "VisualAD", "build_model",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .visualad import VisualAD, upsample_scores
+from .torch_model import VisualAD, upsample_scores
 from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .visualad import VisualAD, build_model, load_model
+from .torch_model import VisualAD
+from .visualad import build_model, load_model
 
 logger = logging.getLogger(__name__)
 

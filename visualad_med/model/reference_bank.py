@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from visualad_med.io.atomic import atomic_path
-from .visualad import VisualAD
+from .torch_model import VisualAD
 from .mutual import patch_distances, stack_features
 
 logger = logging.getLogger(__name__)

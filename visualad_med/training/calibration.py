@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from visualad_med.datasets import collate_skip_invalid
-from visualad_med.model.visualad import VisualAD
+from visualad_med.model.torch_model import VisualAD
 from visualad_med.model.devices import autocast
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from visualad_med.io.atomic import atomic_path
 from .calibration import calibrate_threshold
 from visualad_med.datasets import collate_skip_invalid
 from .losses import visualad_losses
-from visualad_med.model.visualad import VisualAD
+from visualad_med.model.torch_model import VisualAD
 from visualad_med.model.devices import autocast
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,63 @@ def train_step(model, images, masks, labels, optimizer, config: TrainConfig, dev
     return {name: float(value.detach()) for name, value in losses.items()}
 
 
+def _run_epoch(
+    runner: torch.nn.Module,
+    dataset: Dataset,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    rank: int,
+    world: int,
+    sample_weights: torch.Tensor | None,
+    inferer: Callable | None = None,
+) -> None:
+    """One pass of the data at ``epoch``'s learning rates and seed; process 0 logs the mean losses."""
+    _set_epoch_rates(optimizer, config, epoch)
+    torch.manual_seed(config.seed * 1000 + epoch + rank)
+    loader = _loader(dataset, config, epoch, world, rank, sample_weights)
+    total = min(len(loader), config.max_steps or len(loader))
+    sums, seen, epoch_start = {}, 0, time.perf_counter()
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=rank != 0)
+    for step, batch in enumerate(bar):
+        if step >= total:
+            break
+        if batch is None:
+            continue
+        losses = train_step(runner, batch["image"].to(device), batch["mask"].to(device),
+                            batch["label"].to(device), optimizer, config, device, inferer)
+        seen += len(batch["label"])
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value
+        bar.set_postfix(loss=f"{losses['total']:.3f}")
+    elapsed = time.perf_counter() - epoch_start
+    steps = max(1, total)
+    if rank == 0:
+        logger.info(
+            "epoch %d/%d: loss %.4f (seg %.4f, image %.4f, contrast %.4f), %d images in %.1f s (%.2f img/s), "
+            "lr tokens %.2e, %d unreadable skipped",
+            epoch + 1, config.epochs, *(sums.get(k, float("nan")) / steps for k in ("total", "seg", "image", "contrast")),
+            seen * world, elapsed, seen * world / max(elapsed, 1e-9), optimizer.param_groups[0]["lr"],
+            getattr(dataset, "skipped", 0),
+        )
+
+
+def _training_record(
+    provenance: dict | None, config: TrainConfig, started: float, device: torch.device, world: int
+) -> dict:
+    """What the final head records of its training: ``provenance``, the config, time, machine, versions."""
+    return {
+        **(provenance or {}),
+        **dataclasses.asdict(config),
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus; "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}",
+        "torch": torch.__version__,
+        "processes": world,
+    }
+
+
 def train(
     model: VisualAD,
     dataset: Dataset,
@@ -221,33 +278,8 @@ def train(
     runner = DistributedDataParallel(model) if world > 1 else model
     started = time.perf_counter()
     for epoch in range(start, config.epochs):
-        _set_epoch_rates(optimizer, config, epoch)
-        torch.manual_seed(config.seed * 1000 + epoch + rank)
-        loader = _loader(dataset, config, epoch, world, rank, sample_weights)
-        total = min(len(loader), config.max_steps or len(loader))
-        sums, seen, epoch_start = {}, 0, time.perf_counter()
-        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=rank != 0)
-        for step, batch in enumerate(bar):
-            if step >= total:
-                break
-            if batch is None:
-                continue
-            losses = train_step(runner, batch["image"].to(device), batch["mask"].to(device),
-                                batch["label"].to(device), optimizer, config, device, inferer)
-            seen += len(batch["label"])
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{losses['total']:.3f}")
-        elapsed = time.perf_counter() - epoch_start
-        steps = max(1, total)
+        _run_epoch(runner, dataset, optimizer, config, device, epoch, rank, world, sample_weights, inferer)
         if rank == 0:
-            logger.info(
-                "epoch %d/%d: loss %.4f (seg %.4f, image %.4f, contrast %.4f), %d images in %.1f s (%.2f img/s), "
-                "lr tokens %.2e, %d unreadable skipped",
-                epoch + 1, config.epochs, *(sums.get(k, float("nan")) / steps for k in ("total", "seg", "image", "contrast")),
-                seen * world, elapsed, seen * world / max(elapsed, 1e-9), optimizer.param_groups[0]["lr"],
-                getattr(dataset, "skipped", 0),
-            )
             _save_state(out_dir, model, optimizer, epoch + 1)
     if world > 1:
         dist.barrier()
@@ -257,15 +289,7 @@ def train(
     model.set_threshold(calibrate_threshold(
         model, calibration_set or dataset, device, config.batch_size, config.calibration_images, config.precision
     ))
-    model.record_training({
-        **(provenance or {}),
-        **dataclasses.asdict(config),
-        "seconds": round(time.perf_counter() - started, 1),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus; "
-        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}",
-        "torch": torch.__version__,
-        "processes": world,
-    })
+    model.record_training(_training_record(provenance, config, started, device, world))
     path = model.save_head(out_dir / FINAL_HEAD)
     logger.info("final head %s (threshold %.4f on the map, F1-max on the training set)", path, model.threshold)
     return path

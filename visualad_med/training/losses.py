@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from visualad_med.model.visualad import top_fraction_mean, upsample_scores
+from visualad_med.model.torch_model import top_fraction_mean, upsample_scores
 
 FOCAL_GAMMA = 2.0
 FOCAL_SMOOTH = 1e-5
