@@ -142,8 +142,13 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
         "<scan>_seg.dcm (DICOM SEG, DICOM input only) and <scan>_report.json, all in the scan's own geometry, "
         "plus summary.csv sorted by scan score. Two or more scans (one plane) are scored as a cohort by default: "
         "each slice against the other scans' slices at the same position (--scoring mutual; --scoring visualad "
-        "for the head alone; every scan is then redone). Finished scans are skipped unless --overwrite; a failing "
-        "scan is reported and the run goes on (exit code 1 if any failed).",
+        "for the head alone; every scan is then redone). Finished scans are skipped unless --overwrite: a scan is "
+        "finished when its report is of this version's schema, its outputs exist and it records the same input "
+        "(each file's size and sha256 of its first 64 KiB; a file only touched is not redone) and the same "
+        "settings (head, backbone, scoring, planes, window, threshold); otherwise it is redone and the log says "
+        "why. A failing scan is reported and the run goes on (exit code 1 if any failed). One run at a time per "
+        "output folder: a run locks OUTPUT/.visualad_med.lock; a second run on the same OUTPUT is refused (exit "
+        "code 2), naming the process that holds it. Temporaries left by a killed run are removed by the next.",
     )
     infer.add_argument("input", help="folder (searched recursively) or a single scan file")
     infer.add_argument("output", help="output folder (not inside the input folder)")
@@ -159,7 +164,7 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
                        "dev volumes (README)")
     infer.add_argument("--threshold", type=float, default=None,
                        help="mask threshold on the map (default: the head's calibrated threshold)")
-    infer.add_argument("--overwrite", action="store_true", help="redo scans that already have a report")
+    infer.add_argument("--overwrite", action="store_true", help="redo scans that are finished")
     infer.add_argument("--output-inside-input", action="store_true",
                        help="allow the output folder to be inside the input folder")
     _add_model_arguments(infer)

@@ -1,9 +1,12 @@
 """Folder runs: every scan of a folder through :func:`~visualad_med.inference.scan.run_scan` and its writers.
 
 One :func:`run_folder` serves ``visualad-med infer``, the bundle's inference workflow and volume
-evaluation. A scan whose report exists is done and skipped (so an interrupted run resumes); a
-failing scan is logged with its path and reason, its partial outputs are removed, and the run
-goes on; ``summary.csv`` lists every scan, sorted by scan score. Work overlaps across scans: the
+evaluation. It holds the output folder's lock (:mod:`visualad_med.io.folder_lock`: a second run on
+the same folder is refused) and first removes the temporaries of dead writers. A scan whose report
+says it is done with the same input and settings (:mod:`visualad_med.inference.resume`) is skipped,
+so an interrupted run resumes; a failing scan is logged with its path and reason, its partial
+outputs are removed (what cannot be removed is logged), and the run goes on; ``summary.csv`` lists
+every scan, sorted by scan score. Work overlaps across scans: the
 next scan is read while the model runs on the current one, and the previous scan's outputs are
 written meanwhile (at most one scan reading, one in the model, one writing, so memory stays that
 of three scans). Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan. A cohort run
@@ -13,9 +16,9 @@ in one process.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -25,12 +28,15 @@ from typing import Any, NamedTuple
 from tqdm import tqdm
 
 from visualad_med.errors import SettingError
+from visualad_med.io.atomic import remove_stale_temporaries
+from visualad_med.io.folder_lock import lock_output_folder
 from visualad_med.io import ScanLoadError, ScanSource, find_scans, write_summary_csv
 from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
 from visualad_med.model.visualad import VisualAD
 
 from .cohort import CohortMaps
 from .scan import LoadedScan, ScanResult, infer_scan, load_for_run, output_paths, write_scan_outputs
+from .resume import input_identity, settings_identity, why_not_done
 from .settings import RunSettings
 from .slices import SliceInferer
 
@@ -111,33 +117,64 @@ def run_folder(
         after_scan: called with each scan's result and report once its outputs are written; what it
             raises fails the scan (e.g. a label volume on another grid).
         where: the input, named in the log.
+
+    Raises:
+        SettingError: another run holds ``out_dir``'s lock.
     """
+    started = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with lock_output_folder(out_dir, *_rank_world()):
+        remove_stale_temporaries(out_dir, older_than=started)
+        return _run_folder_locked(model, scans, out_dir, settings, head_sha256, cohort, inferer, after_scan, where)
+
+
+def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Path, settings: RunSettings,
+                       head_sha256: str | None, cohort: CohortSettings | None, inferer: SliceInferer | None,
+                       after_scan: Callable[[ScanResult, dict], None] | None, where: Path | str) -> FolderRun:
+    """:func:`run_folder` once the output folder is locked."""
     model.eval()
     inferer = inferer or settings.inferer(model)
     maps = None
     if cohort is not None and cohort.applies_to(len(scans)):
         settings, maps = _prepare_cohort(model, list(scans), settings, cohort, inferer, out_dir)
 
+    run_key = settings_identity(model, settings, head_sha256)
+    identities: dict[str, dict] = {}
+
+    def identity(source: ScanSource) -> dict:
+        return {"input": input_identity(source), "settings": run_key}
+
+    def load(source: ScanSource) -> LoadedScan:
+        identities[source.name] = identity(source)  # before the scan is read
+        return load_for_run(source, settings)
+
     def infer(loaded: LoadedScan) -> ScanResult:
         network = maps.network_for(loaded.scan.source) if maps is not None else None
         return infer_scan(model, loaded, settings, inferer, network)
 
     def write(result: ScanResult) -> dict:
-        report = write_scan_outputs(model, result, out_dir, settings, head_sha256, cohort_report(maps, settings))
+        extra = {**(cohort_report(maps, settings) or {}), "identity": identities.pop(result.scan.source.name)}
+        report = write_scan_outputs(model, result, out_dir, settings, head_sha256, extra)
         if after_scan is not None:
             after_scan(result, report)
         return report
 
-    steps = ScanSteps(lambda source: load_for_run(source, settings), infer, write)
-    succeeded, failed = run_scans(list(scans), out_dir, steps, overwrite=settings.overwrite or maps is not None,
-                                  progress=settings.progress, where=where)
+    succeeded, failed = run_scans(list(scans), out_dir, ScanSteps(load, infer, write),
+                                  overwrite=settings.overwrite or maps is not None, progress=settings.progress,
+                                  where=where, identity=identity)
     return FolderRun(succeeded, failed, settings.mask_threshold(model), None if maps is None else maps.report())
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``torchrun``'s ``RANK`` and ``WORLD_SIZE``)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _prepare_cohort(model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
                     inferer: SliceInferer, work_dir: Path) -> tuple[RunSettings, CohortMaps]:
     """The settings (cohort threshold unless the user's) and fused maps of a cohort run."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _rank_world()[1] > 1:
         raise SettingError("scoring", "cohort scoring compares every scan with every other and runs in one process, "
                            "not under torchrun")
     if settings.threshold is None:
@@ -154,12 +191,14 @@ def cohort_report(cohort: CohortMaps | None, settings: RunSettings) -> dict | No
 
 
 def _summary_row(source: ScanSource, report: dict) -> dict:
-    """The ``summary.csv`` row of a finished scan."""
+    """The ``summary.csv`` row of a finished scan; ``error`` names the outputs not written and why."""
+    not_written = report.get("not_written") or {}
     return {
         "scan": source.name, "status": "ok", "score_max_slice": report["scores"]["max_slice_score"],
         "score_top1pct": report["scores"]["top1pct_mean"], "anomalous_voxels": report["anomalous_voxels"],
         "kind": source.kind, "modality": source.modality, "shape": "x".join(map(str, report["shape"])),
-        "seconds": report["seconds"]["total"], "error": "", "source": str(source.path),
+        "seconds": report["seconds"]["total"], "source": str(source.path),
+        "error": "; ".join(f"{key} not written: {why}" for key, why in not_written.items()),
     }
 
 
@@ -173,21 +212,29 @@ def _failed_row(source: ScanSource, error: Exception) -> dict:
 
 
 def _remove_outputs(paths: dict[str, Path]) -> None:
+    """Remove a failed scan's outputs; what cannot be removed is logged, never raised (the run goes on)."""
     for path in paths.values():
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except (OSError, ValueError) as error:
+            logger.warning("%s: output of a failed scan not removed (%s)", path, error)
 
 
-def _finished_report(paths: dict[str, Path]) -> dict | None:
-    """The report of a finished scan: it parses and every output it lists exists; else ``None``."""
-    if not paths["report"].is_file():
-        return None
-    try:
-        report = json.loads(paths["report"].read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict) or not all(path.is_file() for path in paths.values()):
-        return None
-    return report
+def _done_row(source: ScanSource, paths: dict[str, Path], identity: dict | None) -> dict | None:
+    """The ``summary.csv`` row of a scan found done (logged), ``None`` (the reason logged) to run it."""
+    report, why = why_not_done(paths, identity)
+    if report is not None:
+        try:
+            row = _summary_row(source, report)
+        except (KeyError, TypeError, AttributeError) as error:
+            why = f"does not hold what a summary needs ({type(error).__name__}: {error}); redoing the scan"
+        else:
+            logger.info("%s: already done (%s exists), skipped; --overwrite redoes it", source.name,
+                        paths["report"].name)
+            return row
+    if why is not None:
+        logger.warning("%s: %s %s", source.name, paths["report"].name, why)
+    return None
 
 
 class ScanSteps(NamedTuple):
@@ -213,10 +260,12 @@ def run_scans(
     overwrite: bool = False,
     progress: bool = True,
     where: Path | str = "",
+    identity: Callable[[ScanSource], dict] | None = None,
 ) -> tuple[int, int]:
     """Run ``steps`` over ``scans``, overlapped (see :class:`ScanSteps`); write the summary.
 
-    Scans whose report exists (readable, with every output it lists) are skipped unless
+    Scans found done (:func:`~visualad_med.inference.resume.why_not_done`: a report of this
+    schema, its outputs present, the same ``identity(source)`` when given) are skipped unless
     ``overwrite``; a scan whose step raises is logged, its partial outputs removed, and the run goes
     on. Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and writes
     ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
@@ -224,11 +273,11 @@ def run_scans(
     if not scans:
         logger.error("no scans found under %s (%s)", where, SCAN_KINDS)
         return 0, 1
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = _rank_world()
     total, scans = len(scans), scans[rank::world]
     if not scans:
         logger.info("rank %d of %d: no scan left for this process (%d scans in all)", rank, world, total)
-    rows, todo = _resume(scans, out_dir, overwrite)
+    rows, todo = _resume(scans, out_dir, overwrite, identity)
     rows += _run_overlapped(todo, out_dir, steps, progress)
     rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
     name = "summary.csv" if world == 1 else f"summary_rank{rank}.csv"
@@ -238,21 +287,21 @@ def run_scans(
     return len(rows) - failed, failed
 
 
-def _resume(scans: list[ScanSource], out_dir: Path, overwrite: bool) -> tuple[list[dict], list[ScanSource]]:
-    """The summary rows of scans already done, and the scans left to do."""
+def _resume(scans: list[ScanSource], out_dir: Path, overwrite: bool,
+            identity: Callable[[ScanSource], dict] | None) -> tuple[list[dict], list[ScanSource]]:
+    """The summary rows of scans already done (or failing their check), and the scans left to do."""
     rows, todo = [], []
     for source in scans:
         paths = output_paths(out_dir, source.name, source.kind == "dicom")
-        report = None if overwrite else _finished_report(paths)
-        if report is not None:
-            logger.info("%s: already done (%s exists), skipped; --overwrite redoes it", source.name,
-                        paths["report"].name)
-            rows.append(_summary_row(source, report))
+        try:
+            row = None if overwrite else _done_row(source, paths, identity(source) if identity else None)
+        except Exception as error:  # one scan's failure, whatever its kind, must not stop the run
+            rows.append(_failed_row(source, error))
             continue
-        if paths["report"].exists() and not overwrite:
-            logger.warning("%s: %s exists but is unreadable or outputs are missing; redoing the scan",
-                           source.name, paths["report"].name)
-        todo.append(source)
+        if row is not None:
+            rows.append(row)
+        else:
+            todo.append(source)
     return rows, todo
 
 

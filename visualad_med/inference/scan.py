@@ -12,11 +12,14 @@ bundle's inference workflow and of volume evaluation:
 2. :func:`write_scan_outputs`: per scan ``<name>_anomaly.nii.gz`` (float32 map),
    ``<name>_mask.nii.gz`` (uint8 labelmap), ``<name>_mask.seg.nrrd`` (3D Slicer segmentation,
    segment "anomaly"), for DICOM input ``<name>_seg.dcm`` (DICOM SEG referencing the source
-   series), and ``<name>_report.json``, written last: its presence marks a finished scan.
+   series; left out, with the reason in the report, when the source slices lack what a SEG copies
+   from them, e.g. StudyInstanceUID), and ``<name>_report.json``, written last: its presence marks
+   a finished scan (:mod:`visualad_med.inference.resume`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,11 +30,15 @@ import torch
 from torch import nn
 
 from visualad_med import __version__
-from visualad_med.io import Scan, ScanSource, load_scan, write_dicom_seg, write_json, write_nifti, write_seg_nrrd
+from visualad_med.io import (Scan, ScanSource, dicom_seg_problem, load_scan, write_dicom_seg, write_json, write_nifti,
+                             write_seg_nrrd)
 from visualad_med.model.visualad import VisualAD
 
+from .resume import REPORT_SCHEMA
 from .settings import RunSettings
 from .slices import SliceInferer, SliceScores, scan_scores, slice_preprocessing
+
+logger = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "VisualAD zero-shot anomaly detection"
 """The algorithm a DICOM SEG names."""
@@ -120,6 +127,10 @@ def write_scan_outputs(model: VisualAD, result: ScanResult, out_dir: Path, setti
                        head_sha256: str | None, extra_report: dict | None = None) -> dict:
     """Write the outputs of one scan (report last) and return the report.
 
+    A DICOM SEG that cannot reference its source slices (:func:`~visualad_med.io.dicom_seg_problem`)
+    is not written (an older one of the same name is removed); the report says why under
+    ``not_written`` and the other outputs are written as usual.
+
     Args:
         model: the model that made the map (its config and settings are recorded).
         result: the scan through the model (:func:`run_scan`).
@@ -131,19 +142,32 @@ def write_scan_outputs(model: VisualAD, result: ScanResult, out_dir: Path, setti
     scan = result.scan
     affine = scan.volume.affine.numpy()
     paths = output_paths(out_dir, scan.source.name, scan.series is not None)
+    not_written = _unwritable_outputs(scan, paths)
     mask = result.mask.numpy()
     writes = [(write_nifti, result.anomaly.numpy(), affine, paths["anomaly"]),
               (write_nifti, mask, affine, paths["mask"]),
               (write_seg_nrrd, mask, affine, paths["segmentation"])]
-    if scan.series is not None:
+    if "dicom_seg" in paths:
         writes.append((_write_series_seg, scan, mask, paths["dicom_seg"]))
     with ThreadPoolExecutor(max_workers=len(writes)) as pool:  # gzip and DICOM encoding release the GIL
         for done in [pool.submit(*write) for write in writes]:
             done.result()
     report = {**scan_report(model, result, settings, head_sha256, time.perf_counter()),
-              "outputs": {key: path.name for key, path in paths.items()}, **(extra_report or {})}
+              "outputs": {key: path.name for key, path in paths.items()}, "not_written": not_written,
+              **(extra_report or {})}
     write_json(report, paths["report"])
     return report
+
+
+def _unwritable_outputs(scan: Scan, paths: dict[str, Path]) -> dict[str, str]:
+    """Take the outputs that cannot be written out of ``paths`` (older files removed); why, by output key."""
+    problem = dicom_seg_problem(scan.series.datasets) if scan.series is not None else None
+    if problem is None:
+        return {}
+    logger.warning("%s: %s not written: %s; the other outputs are written", scan.source.name,
+                   paths["dicom_seg"].name, problem)
+    paths.pop("dicom_seg").unlink(missing_ok=True)
+    return {"dicom_seg": problem}
 
 
 def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head_sha256: str | None,
@@ -154,6 +178,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
     affine = scan.volume.affine.numpy()
     source = scan.source
     return {
+        "report_schema": REPORT_SCHEMA,
         "scan": source.name,
         "source": {"kind": source.kind, "files": len(source.files), "path": str(source.path),
                    "modality": source.modality, "series_uid": source.series_uid},

@@ -225,27 +225,46 @@ def _series_source(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> Sca
         return None
     modality = str(first.get("Modality", "")).upper() or None
     description = str(first.get("SeriesDescription", "")) or modality or "series"
-    digits = uid.replace(".", "")
-    return ScanSource(f"{_slug(description)}_{digits[-8:]}", "dicom", files, modality, uid)
+    return ScanSource(f"{_slug(description)}_{_uid_tail(uid)}", "dicom", files, modality, uid)
 
 
 def _slug(text: str, limit: int = 64) -> str:
-    """``text`` reduced to letters, digits, ``-``, ``_`` and ``.`` (no leading dot)."""
+    """``text`` reduced to letters, digits, ``-``, ``_`` and ``.`` (no leading dot), at most ``limit`` characters."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit]
     return slug or "scan"
 
 
+def _uid_tail(uid: str) -> str:
+    """The last 8 digits of a UID (a UID is digits and dots; a header's may hold anything); a hash if it has none."""
+    digits = re.sub(r"[^0-9]", "", uid)
+    return digits[-8:] if digits else hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()[:8]
+
+
 def _unique_names(scans: list[ScanSource], root: Path) -> list[ScanSource]:
-    """Give scans that share a name a suffix hashed from their series UID or path; sort by name."""
+    """Give scans that share a name (ignoring case) a suffix hashed from their series UID or path; sort by name.
+
+    A suffixed name that meets a name already taken gets a counter as well, so names stay unique.
+    """
     by_name: dict[str, list[ScanSource]] = defaultdict(list)
     for scan in scans:
         by_name[scan.name.lower()].append(scan)
+    taken = {name for name, group in by_name.items() if len(group) == 1}
     renamed = []
     for group in by_name.values():
         for scan in group:
             if len(group) > 1:
                 key = scan.series_uid or os.path.relpath(scan.files[0], root)
-                suffix = hashlib.sha1(key.encode()).hexdigest()[:6]
-                scan = ScanSource(f"{scan.name}_{suffix}", scan.kind, scan.files, scan.modality, scan.series_uid)
+                name = _free_name(f"{scan.name}_{hashlib.sha1(key.encode('utf-8', 'replace')).hexdigest()[:6]}", taken)
+                taken.add(name.lower())
+                scan = ScanSource(name, scan.kind, scan.files, scan.modality, scan.series_uid)
             renamed.append(scan)
     return sorted(renamed, key=lambda s: (s.name.lower(), s.name))
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... : the first not in ``taken`` (lower-case names)."""
+    candidate, count = name, 1
+    while candidate.lower() in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    return candidate

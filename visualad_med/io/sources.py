@@ -16,8 +16,10 @@ class ScanSource:
     """One scan found on disk: a DICOM series or a single image file.
 
     Attributes:
-        name: stem for output files, unique among the scans of one :func:`find_scans` call
-            (``<SeriesDescription>_<uid tail>`` for DICOM, the file stem otherwise).
+        name: stem for output files, unique (ignoring case) among the scans of one :func:`find_scans`
+            call (``<SeriesDescription>_<uid tail>`` for DICOM, the file stem otherwise); whatever the
+            headers hold, only letters, digits, ``-``, ``_`` and ``.``, at most 64 characters plus the
+            8-digit UID tail and a collision suffix.
         kind: ``"dicom"``, ``"nifti"``, ``"nrrd"`` or ``"mha"`` (MetaImage ``.mha``/``.mhd``).
         files: the files of the scan, sorted by path (a DICOM series is re-sorted by position
             when it is loaded).

@@ -28,7 +28,8 @@ from pydicom.valuerep import format_number_as_ds
 
 from .atomic import atomic_path
 
-__all__ = ["ANOMALY_COLOR", "write_dicom_seg", "write_json", "write_nifti", "write_seg_nrrd", "write_summary_csv"]
+__all__ = ["ANOMALY_COLOR", "dicom_seg_problem", "write_dicom_seg", "write_json", "write_nifti", "write_seg_nrrd",
+           "write_summary_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,27 @@ def write_seg_nrrd(
     with atomic_path(path) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=True)
     return path
+
+
+_SEG_SOURCE_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "PatientID",
+                          "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+                          "StudyTime")
+"""Attributes a DICOM SEG copies from its source slices (highdicom reads each; empty values are allowed)."""
+
+
+def dicom_seg_problem(source_datasets: Sequence[pydicom.Dataset]) -> str | None:
+    """Why :func:`write_dicom_seg` cannot reference these source slices, ``None`` when it can.
+
+    A SEG belongs to its source's study and references each source slice, so it needs the study,
+    series and instance UIDs and the patient and study attributes it copies; a SEG with a made-up
+    StudyInstanceUID would sit in a study of its own, apart from its scan.
+    """
+    for ds in source_datasets:
+        missing = [name for name in _SEG_SOURCE_ATTRIBUTES if name not in ds]
+        if missing:
+            return (f"{getattr(ds, 'filename', None) or 'a source slice'} has no {', '.join(missing)}, which a "
+                    "DICOM SEG copies from its source series")
+    return None
 
 
 def write_dicom_seg(
