@@ -3,7 +3,8 @@
 One :func:`run_folder` serves ``visualad-med infer``, the bundle's inference workflow and volume
 evaluation. A scan whose report exists is done and skipped (so an interrupted run resumes); a
 failing scan is logged with its path and reason, its partial outputs are removed, and the run
-goes on; ``summary.csv`` lists every scan, sorted by scan score. Under ``torchrun`` each process
+goes on; ``summary.csv`` lists every scan, sorted by scan score, and with previews on ``index.html``
+shows them in that order with their quick looks and links to their files. Under ``torchrun`` each process
 takes every ``WORLD_SIZE``-th scan. A cohort run (:mod:`visualad_med.inference.cohort`) scores
 every scan against the others and redoes them all, in one process.
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from visualad_med.errors import SettingError
 from visualad_med.io import ScanLoadError, ScanSource, find_scans, write_summary_csv
+from visualad_med.io.run_index import write_run_index
 from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
 from visualad_med.model.visualad import VisualAD
 
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 SCAN_KINDS = "DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd"
 SUMMARY_FIELDS = ("scan", "status", "score_max_slice", "score_top1pct", "anomalous_voxels", "kind", "modality",
-                  "shape", "seconds", "error", "source")
+                  "shape", "seconds", "preview", "error", "source")
+"""The columns of ``summary.csv``; ``preview`` is the scan's quick-look PNG, relative to the output folder."""
 
 
 def find_folder_scans(input_path: Path, out_dir: Path, allow_inside_input: bool = False) -> list[ScanSource]:
@@ -65,6 +68,25 @@ def find_folder_scans(input_path: Path, out_dir: Path, allow_inside_input: bool 
 
 
 @dataclass
+class ScansWritten:
+    """What :func:`run_scans` did and wrote.
+
+    Attributes:
+        succeeded: scans finished (computed now or found done).
+        failed: scans that failed.
+        summary: the ``summary.csv`` written.
+        index: the ``index.html`` written, ``None`` without previews.
+        best: the ``summary.csv`` row of the best-scoring finished scan, ``None`` when none finished.
+    """
+
+    succeeded: int
+    failed: int
+    summary: Path
+    index: Path | None = None
+    best: dict | None = None
+
+
+@dataclass
 class FolderRun:
     """What a folder run did.
 
@@ -73,12 +95,14 @@ class FolderRun:
         failed: scans that failed (each logged and listed in the summary).
         threshold: the threshold on the maps that made the masks.
         cohort: what the reports record of the cohort (:meth:`CohortMaps.report`), ``None`` for a plain run.
+        scans: what :func:`run_scans` wrote (summary, index, best-scoring scan).
     """
 
     succeeded: int
     failed: int
     threshold: float
     cohort: dict | None = None
+    scans: ScansWritten | None = None
 
 
 def run_folder(
@@ -121,9 +145,10 @@ def run_folder(
             after_scan(result, report)
         return report
 
-    succeeded, failed = run_scans(list(scans), out_dir, process, overwrite=settings.overwrite or maps is not None,
-                                  progress=settings.progress, where=where)
-    return FolderRun(succeeded, failed, settings.mask_threshold(model), None if maps is None else maps.report())
+    written = run_scans(list(scans), out_dir, process, overwrite=settings.overwrite or maps is not None,
+                        progress=settings.progress, where=where, preview=settings.preview)
+    return FolderRun(written.succeeded, written.failed, settings.mask_threshold(model),
+                     None if maps is None else maps.report(), written)
 
 
 def _prepare_cohort(model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
@@ -150,7 +175,8 @@ def _summary_row(source: ScanSource, report: dict) -> dict:
         "scan": source.name, "status": "ok", "score_max_slice": report["scores"]["max_slice_score"],
         "score_top1pct": report["scores"]["top1pct_mean"], "anomalous_voxels": report["anomalous_voxels"],
         "kind": source.kind, "modality": source.modality, "shape": "x".join(map(str, report["shape"])),
-        "seconds": report["seconds"]["total"], "error": "", "source": str(source.path),
+        "seconds": report["seconds"]["total"], "preview": report["outputs"].get("preview", ""), "error": "",
+        "source": str(source.path),
     }
 
 
@@ -189,24 +215,27 @@ def run_scans(
     overwrite: bool = False,
     progress: bool = True,
     where: Path | str = "",
-) -> tuple[int, int]:
+    preview: bool = False,
+) -> ScansWritten:
     """Run ``process`` (which writes a scan's outputs and returns its report) over ``scans``; write the summary.
 
-    Scans whose report exists (readable, with every output it lists) are skipped unless
-    ``overwrite``; a scan that raises is logged, its partial outputs removed, and the run goes on.
-    Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and writes
-    ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
+    Scans whose report exists (readable, with every output it lists, the preview PNG too when
+    ``preview``) are skipped unless ``overwrite``; a scan that raises is logged, its partial
+    outputs removed, and the run goes on. With ``preview`` the run's ``index.html`` is written
+    beside the summary. Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and
+    writes ``summary_rank<r>.csv`` (and ``index_rank<r>.html``).
     """
     if not scans:
         logger.error("no scans found under %s (%s)", where, SCAN_KINDS)
-        return 0, 1
+        return ScansWritten(0, 1, out_dir / "summary.csv")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     total, scans = len(scans), scans[rank::world]
     if not scans:
         logger.info("rank %d of %d: no scan left for this process (%d scans in all)", rank, world, total)
-    rows, failed = [], 0
+    rows, outputs, failed = [], {}, 0
     for source in tqdm(scans, desc="scans", unit="scan", disable=not progress):
-        paths = output_paths(out_dir, source.name, source.kind == "dicom")
+        paths = output_paths(out_dir, source.name, source.kind == "dicom", preview)
+        outputs[source.name] = {key: path.name for key, path in paths.items()}
         report = None if overwrite else _finished_report(paths)
         if report is not None:
             logger.info("%s: already done (%s exists), skipped; --overwrite redoes it", source.name,
@@ -223,8 +252,10 @@ def run_scans(
             failed += 1
             rows.append(_failed_row(source, error))
     rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
-    name = "summary.csv" if world == 1 else f"summary_rank{rank}.csv"
-    write_summary_csv(rows, out_dir / name, fieldnames=SUMMARY_FIELDS)
+    suffix = "" if world == 1 else f"_rank{rank}"
+    summary = write_summary_csv(rows, out_dir / f"summary{suffix}.csv", fieldnames=SUMMARY_FIELDS)
+    index = (write_run_index(rows, outputs, f"visualad-med infer: {where}", out_dir / f"index{suffix}.html",
+                             summary.name) if preview else None)
     succeeded = len(rows) - failed
-    logger.info("%d scans succeeded, %d failed; summary in %s", succeeded, failed, out_dir / name)
-    return succeeded, failed
+    logger.info("%d scans succeeded, %d failed; summary in %s", succeeded, failed, summary)
+    return ScansWritten(succeeded, failed, summary, index, rows[0] if succeeded else None)
