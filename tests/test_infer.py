@@ -94,7 +94,8 @@ def checksums(root: Path) -> dict[str, str]:
 
 
 def scan_files(name: str, dicom: bool) -> set[str]:
-    suffixes = ["_anomaly.nii.gz", "_mask.nii.gz", "_mask.seg.nrrd", "_report.json"] + (["_seg.dcm"] if dicom else [])
+    suffixes = ["_anomaly.nii.gz", "_mask.nii.gz", "_mask.seg.nrrd", "_preview.png", "_report.json"] + (
+        ["_seg.dcm"] if dicom else [])
     return {name + suffix for suffix in suffixes}
 
 
@@ -109,9 +110,11 @@ def check_volumes(scan: ScanSource, out: Path, reference: sitk.Image, threshold:
     for image in (anomaly, mask):
         np.testing.assert_allclose(image.affine, volume.affine.numpy(), atol=ATOL)
         assert image.shape == tuple(volume.shape[1:])
-    assert (anomaly.get_data_dtype(), mask.get_data_dtype()) == (np.float32, np.uint8)
+    assert (anomaly.get_data_dtype(), mask.get_data_dtype()) == (np.int16, np.uint8)  # the map: int16 and a scale
     labels = np.asarray(mask.dataobj)
-    np.testing.assert_array_equal(labels, np.asarray(anomaly.dataobj) > threshold)
+    stored = np.asarray(anomaly.dataobj)
+    clear = np.abs(stored - threshold) > anomaly.dataobj.slope  # the mask comes from the float32 map in memory
+    np.testing.assert_array_equal(labels[clear], stored[clear] > threshold)
     assert 0 < labels.sum() < labels.size / 2
     for suffix in ("_anomaly.nii.gz", "_mask.nii.gz", "_mask.seg.nrrd"):
         assert_same_geometry(sitk.ReadImage(str(out / f"{scan.name}{suffix}")), reference)
@@ -136,7 +139,7 @@ def check_report(scan: ScanSource, out: Path, labels: np.ndarray) -> dict:
     assert report["anomalous_voxels"] == labels.sum()
     dicom = [("dicom_seg", "_seg.dcm")] if scan.kind == "dicom" else []
     names = [("anomaly", "_anomaly.nii.gz"), ("mask", "_mask.nii.gz"), ("segmentation", "_mask.seg.nrrd"),
-             *dicom, ("report", "_report.json")]
+             *dicom, ("preview", "_preview.png"), ("report", "_report.json")]
     assert report["outputs"] == {key: scan.name + suffix for key, suffix in names}
     assert report["model"]["backbone"].startswith("vit_tiny_patch16_224") and report["model"]["head_sha256"] is None
     return report
@@ -172,13 +175,13 @@ def test_folder_to_slicer_ready_outputs_in_each_scans_geometry(tmp_path, caplog,
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
         assert infer(source, out, "--threshold", "0.75") == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "2 scans succeeded, 0 failed"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("2 scans succeeded, 0 failed; summary ")
     assert "has a single slice" in caplog.text  # the stray slice is left out, with the reason
 
     dicom, mr = sorted(find_scans(source), key=lambda s: s.kind)
     assert (dicom.kind, mr.name) == ("dicom", "oblique_mr")
     assert {p.name for p in out.iterdir()} == scan_files(dicom.name, True) | scan_files(mr.name, False) | {
-        "summary.csv"}
+        "summary.csv", "index.html"}
     reports = {}
     for scan, reference in ((dicom, read_series(source / "oblique")), (mr, sitk.ReadImage(str(nifti)))):
         labels = check_volumes(scan, out, reference, 0.75)
@@ -249,7 +252,7 @@ def test_bad_inputs_fail_one_by_one_and_the_run_goes_on(tmp_path, caplog, capsys
     with caplog.at_level(logging.DEBUG):  # files that are not scans at all are logged at debug level
         assert infer(source, out) == 1
     failing = [case for case in cases if not case.skipped]
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"1 scans succeeded, {len(failing)} failed"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"1 scans succeeded, {len(failing)} failed;")
 
     rows = {row["source"]: row for row in summary_rows(out)}
     assert rows.pop(str(source / "good.nii.gz"))["status"] == "ok"
@@ -265,7 +268,7 @@ def test_bad_inputs_fail_one_by_one_and_the_run_goes_on(tmp_path, caplog, capsys
             problems[case.name] = f"the log does not name {case.culprit}"
     assert not problems, problems
     assert not rows, f"rows for unknown sources: {list(rows)}"
-    assert {p.name for p in out.iterdir()} == scan_files("good", False) | {"summary.csv"}  # nothing partial
+    assert {p.name for p in out.iterdir()} == scan_files("good", False) | {"summary.csv", "index.html"}  # none partial
     assert checksums(source) == before  # inputs untouched
 
 
@@ -306,8 +309,9 @@ def test_resume_skips_finished_scans_and_overwrite_redoes_them(tmp_path, caplog)
         assert infer(source, out) == 0
     assert "a: already done (a_report.json exists), skipped" in caplog.text
     assert "b: already done (b_report.json exists), skipped" in caplog.text
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "summary.csv"} == {
-        name: stamp for name, stamp in stamps.items() if name != "summary.csv"}
+    run_files = {"summary.csv", "index.html"}  # rewritten by every run
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in run_files} == {
+        name: stamp for name, stamp in stamps.items() if name not in run_files}
     assert [row["status"] for row in summary_rows(out)] == ["ok", "ok"]
 
     (out / "a_mask.seg.nrrd").unlink()  # an incomplete scan is redone, not skipped
@@ -345,7 +349,7 @@ def test_triplanar_map_is_the_mean_of_the_three_single_plane_maps(tmp_path):
                      rotation(5.0, 8.0) * (0.8, 1.0, 2.0))
     maps = {}
     for planes in ("axial", "coronal", "sagittal", "axial,coronal,sagittal"):
-        assert infer(source, tmp_path / planes, "--planes", planes) == 0
+        assert infer(source, tmp_path / planes, "--planes", planes, "--map-dtype", "float32") == 0
         maps[planes] = np.asarray(nib.load(tmp_path / planes / "small_anomaly.nii.gz").dataobj)
         assert json.loads((tmp_path / planes / "small_report.json").read_text())["planes"] == planes.split(",")
     single = [maps[p] for p in ("axial", "coronal", "sagittal")]
@@ -361,7 +365,8 @@ def test_slabs_without_body_are_left_out(tmp_path):
     report = json.loads((tmp_path / "out" / "long_report.json").read_text())
     assert report["seconds"]["slices_run"] == 10
     assert [s is not None for s in report["scores"]["per_slice"]] == [False] * 70 + [True] * 10
-    assert not np.asarray(nib.load(tmp_path / "out" / "long_anomaly.nii.gz").dataobj)[..., :70].any()
+    stored = np.asarray(nib.load(tmp_path / "out" / "long_anomaly.nii.gz").dataobj)
+    np.testing.assert_array_equal(stored[..., :70], stored[..., 70:].min())  # slices not run: the map's minimum
 
 
 def test_scan_score_is_the_exact_top_one_percent_mean():
@@ -405,12 +410,14 @@ def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     steps = ScanSteps(refuse, lambda loaded: loaded, lambda result: {})
-    assert run_scans(scans, tmp_path / "out", steps, progress=False) == (0, 0)
+    written = run_scans(scans, tmp_path / "out", steps, progress=False)
+    assert (written.succeeded, written.failed, written.best) == (0, 0, None)
     assert (tmp_path / "out" / "summary_rank1.csv").read_text().splitlines() == [",".join(
         ("scan", "status", "score_max_slice", "score_top1pct", "anomalous_voxels", "kind", "modality", "shape",
-         "seconds", "error", "source"))]
+         "seconds", "preview", "error", "source"))]
     monkeypatch.setenv("RANK", "0")
-    assert run_scans(scans, tmp_path / "out", steps, progress=False) == (0, 1)
+    written = run_scans(scans, tmp_path / "out", steps, progress=False)
+    assert (written.succeeded, written.failed) == (0, 1)
     assert "not a volume" in (tmp_path / "out" / "summary_rank0.csv").read_text()
 
 

@@ -117,10 +117,11 @@ def test_infer_from_a_fresh_venv_uses_the_shipped_head(fresh_venv, tmp_path, cle
 
     done = _run([command, "infer", "scans", "results", "--device", "cpu"], cwd=tmp_path, env=clean_env)
     output = done.stdout + done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "1 scans succeeded, 0 failed", output
+    assert done.stdout.strip().splitlines()[-1].startswith("1 scans succeeded, 0 failed; summary "), output
     assert "untrained" not in output.lower(), output
     results = tmp_path / "results"
-    for name in ("tiny_anomaly.nii.gz", "tiny_mask.nii.gz", "tiny_mask.seg.nrrd", "tiny_report.json", "summary.csv"):
+    for name in ("tiny_anomaly.nii.gz", "tiny_mask.nii.gz", "tiny_mask.seg.nrrd", "tiny_preview.png", "tiny_report.json",
+                 "summary.csv", "index.html"):
         assert (results / name).is_file(), sorted(p.name for p in results.iterdir())
     report = json.loads((results / "tiny_report.json").read_text())
     assert report["model"]["head_sha256"] == hashlib.sha256(HEAD.read_bytes()).hexdigest()

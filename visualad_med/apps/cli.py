@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from visualad_med.apps.cli_arguments import UNTRAINED, build_parser
 
@@ -15,6 +18,11 @@ COHORT_SCORINGS = ("mutual", "visualad+mutual")
 SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
                "scoring": " (pass --scoring visualad to score each scan by the head alone)"}
 """What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
+QUIET_LOGGERS = {"highdicom": logging.WARNING, "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR}
+"""Libraries' loggers raised to a level, unless ``--verbose``: highdicom's INFO lines (dozens per DICOM SEG, as
+the bundle's ``logging.conf`` silences them) and MONAI's notice that the nvImageCodec GPU decoder is absent."""
+QUIET_WARNINGS = ("NvImgCodecPydicomReader",)
+"""Starts of Python warnings' messages ignored unless ``--verbose`` (MONAI's nvImageCodec fallback, again)."""
 
 
 def head_path(args: argparse.Namespace) -> Path | None:
@@ -79,11 +87,23 @@ def _infer(args: argparse.Namespace) -> int:
 
     scans = find_folder_scans(Path(args.input), Path(args.output), args.output_inside_input)
     model = load_cli_model(args).to(resolve_device(args.device))
-    settings = _run_settings(args, overwrite=args.overwrite)
+    settings = _run_settings(args, overwrite=args.overwrite, map_dtype=args.map_dtype, preview=not args.no_preview)
     run = run_folder(model, scans, Path(args.output), settings, head_sha256=_head_sha256(args),
                      cohort=cohort_settings(args, model, Path(args.output), settings), where=args.input)
-    print(f"{run.succeeded} scans succeeded, {run.failed} failed")
+    print(_where_results_are(run.succeeded, run.failed, run.scans, Path(args.output)))
     return 1 if run.failed else 0
+
+
+def _where_results_are(succeeded: int, failed: int, written, out_dir: Path) -> str:
+    """The last line of ``infer``: counts, the summary, the HTML index and the best-scoring scan's picture."""
+    parts = [f"{succeeded} scans succeeded, {failed} failed", f"summary {written.summary}"]
+    if written.index is not None:
+        parts.append(f"index {written.index}")
+    best = written.best
+    if best is not None:
+        shown = out_dir / (best["preview"] or f"{best['scan']}_report.json")
+        parts.append(f"best-scoring scan {best['scan']} (score {best['score_top1pct']:.4g}): {shown}")
+    return "; ".join(parts)
 
 
 def _window(text: str) -> str | tuple[float, float]:
@@ -224,14 +244,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = ["visualad-med", *argv]
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return COMMANDS[args.command](args)
-    except (ValueError, RuntimeError, OSError) as error:
-        logger.error("%s%s", error, SETUP_HINTS.get(getattr(error, "setting", None), ""))
-        return 2
+    configure_logging(args.verbose)
+    with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+        try:
+            return COMMANDS[args.command](args)
+        except (ValueError, RuntimeError, OSError) as error:
+            logger.error("%s%s", error, SETUP_HINTS.get(getattr(error, "setting", None), ""))
+            return 2
+
+
+def configure_logging(verbose: bool) -> None:
+    """``LEVEL name: message`` lines on stderr, INFO and up (DEBUG with ``verbose``), Python warnings among them.
+
+    Unless ``verbose``, the libraries' chatter of :data:`QUIET_LOGGERS` and :data:`QUIET_WARNINGS`
+    is left out. Warnings go through logging so that they, too, are written above the progress bars.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    if verbose:
+        return
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for start in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=start)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from visualad_med.model.backbone import PRESETS
+from visualad_med.model.presets import PRESETS
 
 UNTRAINED = "untrained"
 """``--head`` value for a fresh, untrained head."""
@@ -138,9 +138,12 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
         help="scan folders in (DICOM, NIfTI, NRRD, MHA), Slicer-ready anomaly volumes out",
         description="Find every scan under INPUT (DICOM series grouped by SeriesInstanceUID, .nii/.nii.gz, "
         ".nrrd, .mha/.mhd), run the 2D model slice by slice and write, per scan, <scan>_anomaly.nii.gz "
-        "(float32 map), <scan>_mask.nii.gz (uint8), <scan>_mask.seg.nrrd (3D Slicer segmentation), "
-        "<scan>_seg.dcm (DICOM SEG, DICOM input only) and <scan>_report.json, all in the scan's own geometry, "
-        "plus summary.csv sorted by scan score. Two or more scans (one plane) are scored as a cohort by default: "
+        "(the map; int16 with a NIfTI scale, see --map-dtype), <scan>_mask.nii.gz (uint8), <scan>_mask.seg.nrrd "
+        "(3D Slicer segmentation), <scan>_seg.dcm (DICOM SEG, DICOM input only), <scan>_preview.png (a quick look: "
+        "three slices through the map's peak inside the body) and <scan>_report.json, all in the scan's own "
+        "geometry, plus summary.csv sorted by scan score and index.html (the quick looks in that order, with links "
+        "to every file). Slices without body are not run: the map file holds the map's minimum there. Two or "
+        "more scans (one plane) are scored as a cohort by default: "
         "each slice against the other scans' slices at the same position (--scoring mutual; --scoring visualad "
         "for the head alone; every scan is then redone). Finished scans are skipped unless --overwrite: a scan is "
         "finished when its report is of this version's schema, its outputs exist and it records the same input "
@@ -164,6 +167,13 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
                        "dev volumes (README)")
     infer.add_argument("--threshold", type=float, default=None,
                        help="mask threshold on the map (default: the head's calibrated threshold)")
+    infer.add_argument("--map-dtype", default="int16",  # checked by RunSettings: importing the writers takes seconds
+                       help="how the anomaly map is stored: int16 (default) with NIfTI scl_slope/scl_inter over the "
+                       "map's range, every value within half a step ((max - min) / 65534) of the float32 map, 104 MB "
+                       "for a 512 x 562 x 239 head CT; float32: exact, 231 MB. The mask and scores are computed from "
+                       "the float32 map either way")
+    infer.add_argument("--no-preview", action="store_true",
+                       help="write no quick-look PNGs and no index.html")
     infer.add_argument("--overwrite", action="store_true", help="redo scans that are finished")
     infer.add_argument("--output-inside-input", action="store_true",
                        help="allow the output folder to be inside the input folder")

@@ -261,16 +261,19 @@ def evaluate_volumes(
     ``curves/*.png`` and the per-scan outputs of ``infer`` in ``maps/``; returns the results.
 
     A scan that fails (unreadable, label on another grid) is logged, listed under ``failed``
-    and the evaluation goes on. Every scan is recomputed (``settings.overwrite`` is forced on). With
-    ``cohort``, the scans are scored against each other (:mod:`visualad_med.inference.cohort`).
-    ``inferer`` is the slice inferer (default ``settings.inferer(model)``).
+    and the evaluation goes on. Every scan is recomputed (``settings.overwrite`` is forced on). The
+    maps are stored as float32 (``settings.map_dtype`` is forced), so that the metrics can be
+    recomputed from the files. With ``cohort``, the scans are scored against each other
+    (:mod:`visualad_med.inference.cohort`). ``inferer`` is the slice inferer (default
+    ``settings.inferer(model)``).
     """
     out_dir = Path(out_dir)
     maps_dir = out_dir / "maps"
     maps_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     tally = CohortTally()
-    run = run_folder(model, [pair.scan for pair in pairs], maps_dir, replace(settings, overwrite=True),
+    stored_exactly = replace(settings, overwrite=True, map_dtype="float32")
+    run = run_folder(model, [pair.scan for pair in pairs], maps_dir, stored_exactly,
                      head_sha256=file_sha256(Path(head)) if head else None, cohort=cohort, inferer=inferer,
                      after_scan=_scorer(pairs, tally), where=data)
     failed = run.failed

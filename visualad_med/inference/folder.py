@@ -6,10 +6,11 @@ the same folder is refused) and first removes the temporaries of dead writers. A
 says it is done with the same input and settings (:mod:`visualad_med.inference.resume`) is skipped,
 so an interrupted run resumes; a failing scan is logged with its path and reason, its partial
 outputs are removed (what cannot be removed is logged), and the run goes on; ``summary.csv`` lists
-every scan, sorted by scan score. Work overlaps across scans: the
-next scan is read while the model runs on the current one, and the previous scan's outputs are
-written meanwhile (at most one scan reading, one in the model, one writing, so memory stays that
-of three scans). Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan. A cohort run
+every scan, sorted by scan score, and with previews ``index.html`` shows them in that order with
+their quick looks and links to their files. Work overlaps across scans: the next scan is read
+while the model runs on the current one, and the previous scan's outputs are written meanwhile (at
+most one scan reading, one in the model, one writing, so memory stays that of three scans). Under
+``torchrun`` each process takes every ``WORLD_SIZE``-th scan. A cohort run
 (:mod:`visualad_med.inference.cohort`) scores every scan against the others and redoes them all,
 in one process.
 """
@@ -31,6 +32,7 @@ from visualad_med.errors import SettingError
 from visualad_med.io.atomic import remove_stale_temporaries
 from visualad_med.io.folder_lock import lock_output_folder
 from visualad_med.io import ScanLoadError, ScanSource, find_scans, write_summary_csv
+from visualad_med.io.run_index import write_run_index
 from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
 from visualad_med.model.visualad import VisualAD
 
@@ -44,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 SCAN_KINDS = "DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd"
 SUMMARY_FIELDS = ("scan", "status", "score_max_slice", "score_top1pct", "anomalous_voxels", "kind", "modality",
-                  "shape", "seconds", "error", "source")
+                  "shape", "seconds", "preview", "error", "source")
+"""The columns of ``summary.csv``; ``preview`` is the scan's quick-look PNG, relative to the output folder."""
 
 
 def find_folder_scans(input_path: Path, out_dir: Path, allow_inside_input: bool = False) -> list[ScanSource]:
@@ -76,6 +79,25 @@ def find_folder_scans(input_path: Path, out_dir: Path, allow_inside_input: bool 
 
 
 @dataclass
+class ScansWritten:
+    """What :func:`run_scans` did and wrote.
+
+    Attributes:
+        succeeded: scans finished (computed now or found done).
+        failed: scans that failed.
+        summary: the ``summary.csv`` written.
+        index: the ``index.html`` written, ``None`` without previews.
+        best: the ``summary.csv`` row of the best-scoring finished scan, ``None`` when none finished.
+    """
+
+    succeeded: int
+    failed: int
+    summary: Path
+    index: Path | None = None
+    best: dict | None = None
+
+
+@dataclass
 class FolderRun:
     """What a folder run did.
 
@@ -84,12 +106,14 @@ class FolderRun:
         failed: scans that failed (each logged and listed in the summary).
         threshold: the threshold on the maps that made the masks.
         cohort: what the reports record of the cohort (:meth:`CohortMaps.report`), ``None`` for a plain run.
+        scans: what :func:`run_scans` wrote (summary, index, best-scoring scan).
     """
 
     succeeded: int
     failed: int
     threshold: float
     cohort: dict | None = None
+    scans: ScansWritten | None = None
 
 
 def run_folder(
@@ -160,10 +184,11 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
             after_scan(result, report)
         return report
 
-    succeeded, failed = run_scans(list(scans), out_dir, ScanSteps(load, infer, write),
-                                  overwrite=settings.overwrite or maps is not None, progress=settings.progress,
-                                  where=where, identity=identity)
-    return FolderRun(succeeded, failed, settings.mask_threshold(model), None if maps is None else maps.report())
+    written = run_scans(list(scans), out_dir, ScanSteps(load, infer, write),
+                        overwrite=settings.overwrite or maps is not None, progress=settings.progress, where=where,
+                        identity=identity, preview=settings.preview)
+    return FolderRun(written.succeeded, written.failed, settings.mask_threshold(model),
+                     None if maps is None else maps.report(), written)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -197,7 +222,8 @@ def _summary_row(source: ScanSource, report: dict) -> dict:
         "scan": source.name, "status": "ok", "score_max_slice": report["scores"]["max_slice_score"],
         "score_top1pct": report["scores"]["top1pct_mean"], "anomalous_voxels": report["anomalous_voxels"],
         "kind": source.kind, "modality": source.modality, "shape": "x".join(map(str, report["shape"])),
-        "seconds": report["seconds"]["total"], "source": str(source.path),
+        "seconds": report["seconds"]["total"], "preview": report["outputs"].get("preview", ""),
+        "source": str(source.path),
         "error": "; ".join(f"{key} not written: {why}" for key, why in not_written.items()),
     }
 
@@ -261,56 +287,63 @@ def run_scans(
     progress: bool = True,
     where: Path | str = "",
     identity: Callable[[ScanSource], dict] | None = None,
-) -> tuple[int, int]:
+    preview: bool = False,
+) -> ScansWritten:
     """Run ``steps`` over ``scans``, overlapped (see :class:`ScanSteps`); write the summary.
 
     Scans found done (:func:`~visualad_med.inference.resume.why_not_done`: a report of this
-    schema, its outputs present, the same ``identity(source)`` when given) are skipped unless
-    ``overwrite``; a scan whose step raises is logged, its partial outputs removed, and the run goes
-    on. Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and writes
-    ``summary_rank<r>.csv``. Returns ``(succeeded, failed)``.
+    schema, its outputs present, the preview PNG too when ``preview``, the same ``identity(source)``
+    when given) are skipped unless ``overwrite``; a scan whose step raises is logged, its partial
+    outputs removed, and the run goes on. With ``preview`` the run's ``index.html`` is written
+    beside the summary. Under ``torchrun`` each process takes every ``WORLD_SIZE``-th scan and
+    writes ``summary_rank<r>.csv`` (and ``index_rank<r>.html``).
     """
     if not scans:
         logger.error("no scans found under %s (%s)", where, SCAN_KINDS)
-        return 0, 1
+        return ScansWritten(0, 1, out_dir / "summary.csv")
     rank, world = _rank_world()
     total, scans = len(scans), scans[rank::world]
     if not scans:
         logger.info("rank %d of %d: no scan left for this process (%d scans in all)", rank, world, total)
-    rows, todo = _resume(scans, out_dir, overwrite, identity)
-    rows += _run_overlapped(todo, out_dir, steps, progress)
+    outputs = {source.name: output_paths(out_dir, source.name, source.kind == "dicom", preview) for source in scans}
+    rows, todo = _resume(scans, outputs, overwrite, identity)
+    rows += _run_overlapped(todo, outputs, steps, progress)
     rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
-    name = "summary.csv" if world == 1 else f"summary_rank{rank}.csv"
-    write_summary_csv(rows, out_dir / name, fieldnames=SUMMARY_FIELDS)
+    suffix = "" if world == 1 else f"_rank{rank}"
+    summary = write_summary_csv(rows, out_dir / f"summary{suffix}.csv", fieldnames=SUMMARY_FIELDS)
+    names = {name: {key: path.name for key, path in paths.items()} for name, paths in outputs.items()}
+    index = (write_run_index(rows, names, f"visualad-med infer: {where}", out_dir / f"index{suffix}.html",
+                             summary.name) if preview else None)
     failed = sum(row["status"] != "ok" for row in rows)
-    logger.info("%d scans succeeded, %d failed; summary in %s", len(rows) - failed, failed, out_dir / name)
-    return len(rows) - failed, failed
+    logger.info("%d scans succeeded, %d failed; summary in %s", len(rows) - failed, failed, summary)
+    return ScansWritten(len(rows) - failed, failed, summary, index, rows[0] if failed < len(rows) else None)
 
 
-def _resume(scans: list[ScanSource], out_dir: Path, overwrite: bool,
+def _resume(scans: list[ScanSource], outputs: dict[str, dict[str, Path]], overwrite: bool,
             identity: Callable[[ScanSource], dict] | None) -> tuple[list[dict], list[ScanSource]]:
     """The summary rows of scans already done (or failing their check), and the scans left to do."""
     rows, todo = [], []
     for source in scans:
-        paths = output_paths(out_dir, source.name, source.kind == "dicom")
         try:
-            row = None if overwrite else _done_row(source, paths, identity(source) if identity else None)
+            found = None if overwrite else _done_row(source, outputs[source.name],
+                                                     identity(source) if identity else None)
         except Exception as error:  # one scan's failure, whatever its kind, must not stop the run
             rows.append(_failed_row(source, error))
             continue
-        if row is not None:
-            rows.append(row)
+        if found is not None:
+            rows.append(found)
         else:
             todo.append(source)
     return rows, todo
 
 
-def _run_overlapped(todo: list[ScanSource], out_dir: Path, steps: ScanSteps, progress: bool) -> list[dict]:
+def _run_overlapped(todo: list[ScanSource], outputs: dict[str, dict[str, Path]], steps: ScanSteps,
+                    progress: bool) -> list[dict]:
     """The summary rows of ``todo``, read one scan ahead and written one scan behind the model."""
     rows = []
 
     def failed(source: ScanSource, error: Exception) -> dict:
-        _remove_outputs(output_paths(out_dir, source.name, source.kind == "dicom"))
+        _remove_outputs(outputs[source.name])
         return _failed_row(source, error)
 
     def finish(source: ScanSource, writing: Future) -> dict:

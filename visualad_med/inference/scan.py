@@ -9,12 +9,20 @@ bundle's inference workflow and of volume evaluation:
    :class:`~visualad_med.inference.slices.SliceInferer`: slices in batches through the model, maps
    back on the voxel grid; the mask at the run's threshold); a folder run overlaps the two across
    scans (:mod:`visualad_med.inference.folder`);
-2. :func:`write_scan_outputs`: per scan ``<name>_anomaly.nii.gz`` (float32 map),
-   ``<name>_mask.nii.gz`` (uint8 labelmap), ``<name>_mask.seg.nrrd`` (3D Slicer segmentation,
-   segment "anomaly"), for DICOM input ``<name>_seg.dcm`` (DICOM SEG referencing the source
-   series; left out, with the reason in the report, when the source slices lack what a SEG copies
-   from them, e.g. StudyInstanceUID), and ``<name>_report.json``, written last: its presence marks
-   a finished scan (:mod:`visualad_med.inference.resume`).
+2. :func:`write_scan_outputs`: per scan ``<name>_anomaly.nii.gz`` (the map, int16 with a NIfTI
+   scale by default, see :func:`stored_map`), ``<name>_mask.nii.gz`` (uint8 labelmap),
+   ``<name>_mask.seg.nrrd`` (3D Slicer segmentation, segment "anomaly"), for DICOM input
+   ``<name>_seg.dcm`` (DICOM SEG referencing the source series; left out, with the reason in the
+   report, when the source slices lack what a SEG copies from them, e.g. StudyInstanceUID), with
+   previews on ``<name>_preview.png`` (:mod:`~visualad_med.inference.preview`), and
+   ``<name>_report.json``, written last: its presence marks a finished scan
+   (:mod:`visualad_med.inference.resume`).
+
+Slices the model did not run (no body in any plane) hold 0 in the map in memory. The mask and the
+scores are computed from that float32 map, as they always were, except that the mask never marks
+a voxel of a slice that was not run (with a threshold below 0 it used to). The map file holds the
+map's minimum over the run voxels there instead of 0 (:func:`stored_map`): 0 lies above a
+body-referenced map's background (about -9 on CQ500) and looked like tissue in a viewer.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from visualad_med.io import (Scan, ScanSource, dicom_seg_problem, load_scan, wri
 from visualad_med.model.visualad import VisualAD
 
 from .resume import REPORT_SCHEMA
+from .preview import write_preview
 from .settings import RunSettings
 from .slices import SliceInferer, SliceScores, scan_scores, slice_preprocessing
 
@@ -44,8 +53,8 @@ ALGORITHM_NAME = "VisualAD zero-shot anomaly detection"
 """The algorithm a DICOM SEG names."""
 
 
-def output_paths(out_dir: Path, name: str, dicom: bool) -> dict[str, Path]:
-    """Output files of scan ``name``; the report comes last."""
+def output_paths(out_dir: Path, name: str, dicom: bool, preview: bool = False) -> dict[str, Path]:
+    """Output files of scan ``name`` (``preview``: with its quick-look PNG); the report comes last."""
     paths = {
         "anomaly": out_dir / f"{name}_anomaly.nii.gz",
         "mask": out_dir / f"{name}_mask.nii.gz",
@@ -53,6 +62,8 @@ def output_paths(out_dir: Path, name: str, dicom: bool) -> dict[str, Path]:
     }
     if dicom:
         paths["dicom_seg"] = out_dir / f"{name}_seg.dcm"
+    if preview:
+        paths["preview"] = out_dir / f"{name}_preview.png"
     paths["report"] = out_dir / f"{name}_report.json"
     return paths
 
@@ -63,11 +74,13 @@ class ScanResult:
 
     Attributes:
         scan: the loaded scan (volume with affine and meta, DICOM series, window).
-        anomaly: ``(X, Y, Z)`` float32 map.
-        mask: ``(X, Y, Z)`` uint8 mask at ``threshold``.
+        anomaly: ``(X, Y, Z)`` float32 map, 0 in slices the model did not run.
+        mask: ``(X, Y, Z)`` uint8 mask: map above ``threshold``, in slices the model ran.
         threshold: the threshold on the map that made ``mask``.
         scores: the inferer's per-slice scores and timings.
         times: ``time.perf_counter()`` at the start, after loading and after inference.
+        ran: ``(X, Y, Z)`` bool, voxels in a slice the model ran (:meth:`SliceScores.run_voxels`).
+        scan_scores: the scan scores of ``anomaly`` (:func:`~visualad_med.inference.slices.scan_scores`).
     """
 
     scan: Scan
@@ -76,6 +89,8 @@ class ScanResult:
     threshold: float
     scores: SliceScores
     times: tuple[float, float, float]
+    ran: torch.Tensor
+    scan_scores: dict[str, float | None]
 
 
 @dataclass
@@ -108,14 +123,32 @@ def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings, infer
     inferred = time.perf_counter()
     anomaly = maps.anomaly[0]
     threshold = settings.mask_threshold(model)
-    mask = (anomaly > threshold).to(torch.uint8)
-    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (loaded.started, loaded.loaded, inferred))
+    ran = maps.scores.run_voxels(tuple(anomaly.shape))
+    mask = ((anomaly > threshold) & ran).to(torch.uint8)
+    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (loaded.started, loaded.loaded, inferred), ran,
+                      scan_scores(anomaly, maps.scores.scores))
 
 
 def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer: SliceInferer | None = None,
              network: nn.Module | None = None) -> ScanResult:
     """Load one scan and run the model over its slices (:func:`load_for_run`, :func:`infer_scan`)."""
     return infer_scan(model, load_for_run(source, settings), settings, inferer, network)
+
+
+def stored_map(result: ScanResult) -> np.ndarray:
+    """The ``(X, Y, Z)`` float32 map as its file holds it: voxels of slices not run set to the map's minimum.
+
+    The minimum over the run voxels (0 when none ran) rather than NaN: it survives int16 storage
+    (NaN has no int16 code), viewers' automatic window and histogram (3D Slicer's, ITK's
+    statistics) and metrics (scikit-learn refuses NaN), and it shows as the bottom of the colour
+    map, "nothing here", like the background of a run slice. The report's ``per_slice`` scores
+    (``null`` for a slice not run) tell the two apart.
+    """
+    anomaly = result.anomaly.numpy()
+    if bool(result.ran.all()) or not bool(result.ran.any()):
+        return anomaly
+    ran = result.ran.numpy()
+    return np.where(ran, anomaly, anomaly[ran].min())
 
 
 def _write_series_seg(scan: Scan, mask: np.ndarray, path: Path) -> None:
@@ -141,14 +174,16 @@ def write_scan_outputs(model: VisualAD, result: ScanResult, out_dir: Path, setti
     """
     scan = result.scan
     affine = scan.volume.affine.numpy()
-    paths = output_paths(out_dir, scan.source.name, scan.series is not None)
+    paths = output_paths(out_dir, scan.source.name, scan.series is not None, settings.preview)
     not_written = _unwritable_outputs(scan, paths)
     mask = result.mask.numpy()
-    writes = [(write_nifti, result.anomaly.numpy(), affine, paths["anomaly"]),
+    writes = [(write_nifti, stored_map(result), affine, paths["anomaly"], settings.map_dtype),
               (write_nifti, mask, affine, paths["mask"]),
               (write_seg_nrrd, mask, affine, paths["segmentation"])]
     if "dicom_seg" in paths:
         writes.append((_write_series_seg, scan, mask, paths["dicom_seg"]))
+    if settings.preview:
+        writes.append((write_preview, result, paths["preview"]))
     with ThreadPoolExecutor(max_workers=len(writes)) as pool:  # gzip and DICOM encoding release the GIL
         for done in [pool.submit(*write) for write in writes]:
             done.result()
@@ -192,7 +227,8 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
         "planes": list(settings.planes),
         "threshold": result.threshold,
         "threshold_source": "head (F1-max on industrial training data)" if settings.threshold is None else "user",
-        "scores": {**scan_scores(result.anomaly, scores.scores), "slice_axis": scores.axis,
+        "map_dtype": settings.map_dtype,
+        "scores": {**result.scan_scores, "slice_axis": scores.axis,
                    "slice_plane": scores.plane, "per_slice": scores.scores},
         "anomalous_voxels": int(result.mask.sum()),
         "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,

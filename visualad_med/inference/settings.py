@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from visualad_med.errors import SettingError
+from visualad_med.io.writers import MAP_DTYPES
 from visualad_med.model.torch_model import VisualAD
 from visualad_med.transforms import resolve_window
 
@@ -30,6 +31,11 @@ class RunSettings:
         skip_empty: leave slices without body out of the model (map 0, score absent).
         progress: show progress bars.
         precision: autocast of the model (``auto``: fp32 on the CPU, bf16 on CUDA; see the README).
+        map_dtype: how the anomaly map file stores values (:data:`~visualad_med.io.writers.MAP_DTYPES`):
+            ``int16`` (default: NIfTI scale over the map's range, within half a step of float32,
+            less than half the size) or ``float32``. The mask and scores always come from the
+            float32 map in memory.
+        preview: write a quick-look PNG per scan and the run's ``index.html``.
     """
 
     planes: tuple[str, ...] = ("axial",)
@@ -40,6 +46,8 @@ class RunSettings:
     skip_empty: bool = True
     progress: bool = True
     precision: str = "auto"
+    map_dtype: str = "int16"
+    preview: bool = False
 
     def __post_init__(self) -> None:
         """Check the settings before any scan is read, so a typo fails the run once, not every scan."""
@@ -49,6 +57,8 @@ class RunSettings:
                 resolve_window(self.window)
             except ValueError as error:
                 raise SettingError("window", str(error)) from None
+        if self.map_dtype not in MAP_DTYPES:
+            raise SettingError("map_dtype", f"map_dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
         if self.batch_size < 1:
             raise SettingError("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
 

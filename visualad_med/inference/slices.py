@@ -58,6 +58,8 @@ class SliceScores:
         slices_run: slices that went through the model, over all planes.
         per_plane_seconds: wall time of each plane.
         precision: the autocast the model ran under (``fp32``, ``bf16`` or ``fp16``).
+        run_slices: for each sliced array axis (one per plane), one flag per index along it:
+            ``True`` where that slice went through the model.
     """
 
     plane: str
@@ -68,6 +70,20 @@ class SliceScores:
     model_seconds: float = 0.0
     slices_run: int = 0
     per_plane_seconds: dict[str, float] = field(default_factory=dict)
+    run_slices: dict[int, list[bool]] = field(default_factory=dict)
+
+    def run_voxels(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Bool ``(X, Y, Z)``: voxels that lie in a slice the model ran, in any plane.
+
+        The others (slices without body in every plane) hold 0 in the map, whatever the run's
+        background level.
+        """
+        covered = torch.zeros(shape, dtype=torch.bool)
+        for axis, flags in self.run_slices.items():
+            view = [1, 1, 1]
+            view[axis] = len(flags)
+            covered |= torch.tensor(flags, dtype=torch.bool).view(view)
+        return covered
 
 
 class ScanMaps(NamedTuple):
@@ -141,6 +157,7 @@ class SliceInferer(Inferer):
             plane_scores = self._plane(inputs, network, preprocessing(plane), total, scores)
             if plane == self.planes[0]:
                 scores.scores = plane_scores
+            scores.run_slices[anatomical_axis(inputs.affine, plane)] = [s is not None for s in plane_scores]
             scores.per_plane_seconds[plane] = time.perf_counter() - plane_started
         total /= len(self.planes)
         scores.seconds = time.perf_counter() - started

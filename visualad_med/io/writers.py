@@ -27,8 +27,10 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import format_number_as_ds
 
 from .atomic import atomic_path
+from .quantise import quantise_int16
 
-__all__ = ["ANOMALY_COLOR", "dicom_seg_problem", "write_dicom_seg", "write_json", "write_nifti", "write_seg_nrrd",
+__all__ = ["ANOMALY_COLOR", "MAP_DTYPES", "dicom_seg_problem", "write_dicom_seg", "write_json", "write_nifti",
+           "write_seg_nrrd",
            "write_summary_csv"]
 
 logger = logging.getLogger(__name__)
@@ -38,22 +40,31 @@ _SOFTWARE = "visualad_med"
 _CONTENT_CREATOR = "visualad_med^"
 """ContentCreatorName of the DICOM SEG: the software, as a family name (a DICOM person name)."""
 
+MAP_DTYPES = ("float32", "int16")
+"""How :func:`write_nifti` stores a floating volume: float32, or int16 with a NIfTI scale (lossy by half a step)."""
+
 ANOMALY_COLOR = (0.9, 0.2, 0.2)
 """Colour of the anomaly segment, RGB in [0, 1], the same in the ``.seg.nrrd`` and the DICOM SEG."""
 
 
-def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor, path: Path | str) -> Path:
+def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor, path: Path | str,
+                float_dtype: str = "float32") -> Path:
     """Write an ``(X, Y, Z)`` volume as NIfTI (``.nii`` or ``.nii.gz``) with nibabel.
 
-    Floating volumes (anomaly maps) are stored as float32, boolean and integer ones (masks,
-    labelmaps) as uint8. The affine goes into both sform and qform (code 1, scanner). Written with
-    nibabel directly: MONAI's ``NibabelWriter`` takes 3D data for 2D and fails when the affine's
-    top-left 2 x 2 block is singular, as for every coronal or sagittal scan.
+    Floating volumes (anomaly maps) are stored as ``float_dtype``: ``float32``, or ``int16``
+    with ``scl_slope`` and ``scl_inter`` over the volume's range (every value within half a step,
+    ``(max - min) / 65534``, of the float32 one; :func:`~visualad_med.io.quantise.quantise_int16`),
+    which nibabel and ITK (SimpleITK, 3D Slicer) decode on reading. Boolean and integer volumes
+    (masks, labelmaps) are stored as uint8. The affine goes into both sform and qform (code 1,
+    scanner); spatial units are mm (``xyzt_units``). Written with nibabel directly: MONAI's
+    ``NibabelWriter`` takes 3D data for 2D and fails when the affine's top-left 2 x 2 block is
+    singular, as for every coronal or sagittal scan.
 
     Args:
         volume: ``(X, Y, Z)`` array.
         affine: ``(4, 4)`` voxel index to RAS mm, the loaded scan's affine.
         path: output file, ending in ``.nii`` or ``.nii.gz``.
+        float_dtype: how a floating volume is stored, one of :data:`MAP_DTYPES`.
 
     Returns:
         ``path``.
@@ -61,15 +72,23 @@ def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         raise ValueError(f"NIfTI path must end in .nii or .nii.gz, got {path.name!r}.")
+    if float_dtype not in MAP_DTYPES:
+        raise ValueError(f"float_dtype must be one of {MAP_DTYPES}, got {float_dtype!r}.")
     array = _volume(volume)
     affine = _affine(affine)
-    if array.dtype.kind == "f":
+    scale = None
+    if array.dtype.kind == "f" and float_dtype == "int16":
+        array, *scale = quantise_int16(array)
+    elif array.dtype.kind == "f":
         array = array.astype(np.float32, copy=False)
     else:
         array = _labels(array)
     image = nib.Nifti1Image(array, affine)
+    if scale is not None:
+        image.header.set_slope_inter(*scale)
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
+    image.header.set_xyzt_units(xyz="mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))

