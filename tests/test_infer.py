@@ -34,6 +34,7 @@ from visualad_med.inference.slices import SliceInferer, scan_scores, slice_prepr
 from visualad_med.model.torch_model import VisualAD
 from visualad_med.model.visualad import build_model
 from visualad_med.io import DicomSeries, ScanSource, find_scans, load_scan
+from visualad_med.model.devices import native_bf16
 from visualad_med.transforms import resolve_intensity_window
 
 MODEL = ["--head", "untrained", "--backbone", "vit_tiny_patch16_224", "--backbone-weights", "random",
@@ -449,3 +450,20 @@ def test_cohort_scoring_under_torchrun_is_refused_with_the_way_out(tmp_path, mon
     monkeypatch.setenv("RANK", "0")
     assert main(["infer", str(tmp_path / "in"), str(tmp_path / "out"), *MODEL[:-2]]) == 2  # default scoring
     assert "runs in one process, not under torchrun (pass --scoring visualad" in caplog.text
+
+
+def test_precision_is_chosen_recorded_and_barely_moves_the_map(tmp_path):
+    rng = np.random.default_rng(3)
+    write_nifti_scan(tmp_path / "in" / "scan.nii.gz", rng.normal(100, 20, (ROWS, COLUMNS, SLICES)), np.eye(3))
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        assert infer(tmp_path / "in", tmp_path / precision, "--precision", precision, "--map-dtype", "float32",
+                     "--no-preview") == 0
+        report = json.loads((tmp_path / precision / "scan_report.json").read_text())
+        assert report["model"]["precision"] == precision
+        maps[precision] = nib.load(tmp_path / precision / "scan_anomaly.nii.gz").get_fdata()
+    assert not np.array_equal(maps["fp32"], maps["bf16"])  # bf16 autocast really ran
+    assert np.corrcoef(maps["fp32"].ravel(), maps["bf16"].ravel())[0, 1] > 0.95  # the ranking barely moves
+    assert infer(tmp_path / "in", tmp_path / "auto", "--no-preview") == 0
+    auto = json.loads((tmp_path / "auto" / "scan_report.json").read_text())["model"]["precision"]
+    assert auto == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")

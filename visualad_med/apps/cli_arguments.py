@@ -162,9 +162,10 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
                        help="comma-separated planes; axial,coronal,sagittal averages the three (tri-planar)")
     infer.add_argument("--batch-size", type=int, default=8, help="slices per model call")
     infer.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="autocast of the model's forward pass; auto: fp32 on the CPU, bf16 on CUDA (fp16 where "
-                       "bf16 is unsupported); the map's voxel AUROC/AP in bf16 are within 0.2 points of fp32 on the "
-                       "dev volumes (README)")
+                       help="autocast of the model's forward pass; auto: bf16 where the device computes it "
+                       "natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp16 on older GPUs and fp32 on "
+                       "other CPUs; bf16 moved the dev volumes' voxel AUROC/AP by at most 0.08 points from fp32 "
+                       "(README); the report records what ran")
     infer.add_argument("--threshold", type=float, default=None,
                        help="mask threshold on the map (default: the head's calibrated threshold)")
     infer.add_argument("--map-dtype", default="int16",  # checked by RunSettings: importing the writers takes seconds

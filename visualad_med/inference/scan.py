@@ -78,7 +78,8 @@ class ScanResult:
         mask: ``(X, Y, Z)`` uint8 mask: map above ``threshold``, in slices the model ran.
         threshold: the threshold on the map that made ``mask``.
         scores: the inferer's per-slice scores and timings.
-        times: ``time.perf_counter()`` at the start, after loading and after inference.
+        times: ``time.perf_counter()`` at the start, after loading, when inference began (a folder run reads
+            ahead, so a loaded scan may wait) and after inference.
         ran: ``(X, Y, Z)`` bool, voxels in a slice the model ran (:meth:`SliceScores.run_voxels`).
         scan_scores: the scan scores of ``anomaly`` (:func:`~visualad_med.inference.slices.scan_scores`).
     """
@@ -88,7 +89,7 @@ class ScanResult:
     mask: torch.Tensor
     threshold: float
     scores: SliceScores
-    times: tuple[float, float, float]
+    times: tuple[float, float, float, float]
     ran: torch.Tensor
     scan_scores: dict[str, float | None]
 
@@ -116,6 +117,7 @@ def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings, infer
     ``inferer`` defaults to ``settings.inferer(model)``; ``network`` (default ``model``) is what the
     inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.inference.cohort`).
     """
+    begun = time.perf_counter()
     scan = loaded.scan
     inferer = inferer or settings.inferer(model)
     window = (scan.window.low, scan.window.high)
@@ -125,7 +127,7 @@ def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings, infer
     threshold = settings.mask_threshold(model)
     ran = maps.scores.run_voxels(tuple(anomaly.shape))
     mask = ((anomaly > threshold) & ran).to(torch.uint8)
-    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (loaded.started, loaded.loaded, inferred), ran,
+    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (loaded.started, loaded.loaded, begun, inferred), ran,
                       scan_scores(anomaly, maps.scores.scores))
 
 
@@ -209,7 +211,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
                 finished: float) -> dict:
     """What ``<name>_report.json`` says of a scan, its model and its timings (``finished``: perf_counter)."""
     scan, scores = result.scan, result.scores
-    started, loaded, inferred = result.times
+    started, loaded, begun, inferred = result.times
     affine = scan.volume.affine.numpy()
     source = scan.source
     return {
@@ -235,9 +237,9 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
                   "image_size": model.config.image_size, "taps": list(model.config.taps),
                   "scoring": model.settings.scoring, "map_reference": model.settings.map_reference,
                   "head_sha256": head_sha256, "precision": scores.precision, "visualad_med": __version__},
-        "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - loaded, 3),
+        "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - begun, 3),
                     "write": round(finished - inferred, 3), "total": round(finished - started, 3),
                     "model": round(scores.model_seconds, 3),
-                    "per_slice": round((inferred - loaded) / max(1, scores.slices_run), 4),
+                    "per_slice": round((inferred - begun) / max(1, scores.slices_run), 4),
                     "slices_run": scores.slices_run},
     }

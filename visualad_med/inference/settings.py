@@ -30,7 +30,8 @@ class RunSettings:
         overwrite: redo scans whose report already exists.
         skip_empty: leave slices without body out of the model (map 0, score absent).
         progress: show progress bars.
-        precision: autocast of the model (``auto``: fp32 on the CPU, bf16 on CUDA; see the README).
+        precision: autocast of the model (``auto``: bf16 where the device computes it natively, else
+            fp32 on the CPU; :func:`~visualad_med.model.devices.inference_precision`).
         map_dtype: how the anomaly map file stores values (:data:`~visualad_med.io.writers.MAP_DTYPES`):
             ``int16`` (default: NIfTI scale over the map's range, within half a step of float32,
             less than half the size) or ``float32``. The mask and scores always come from the

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from visualad_med.errors import SettingError
 from visualad_med.model.checkpoint import HeadConfig
-from visualad_med.model.devices import autocast, resolve_precision
+from visualad_med.model.devices import autocast, inference_precision
 from visualad_med.model.visualad import VisualAD
 from visualad_med.transforms import PLANES, SlicePipeline, anatomical_axis, slice_pipeline
 
@@ -109,7 +109,8 @@ class SliceInferer(Inferer):
         skip_empty: leave out slices without body (their map is 0, score ``None``).
         progress: show a progress bar per plane.
         precision: autocast of the model's forward pass, ``auto``, ``fp32``, ``bf16`` or ``fp16``
-            (:func:`~visualad_med.model.devices.resolve_precision`; ``auto``: fp32 on the CPU).
+            (:func:`~visualad_med.model.devices.inference_precision`; ``auto``: bf16 where the device
+            computes it natively, else fp32 on the CPU).
 
     Call it with the volume, the network (anything with ``config`` that maps ``(B, 3, S, S)``
     images to ``{"map", "score"}``) and the scan's :data:`SlicePreprocessing`
@@ -140,7 +141,7 @@ class SliceInferer(Inferer):
         self.device = torch.device(device)
         self.skip_empty = skip_empty
         self.progress = progress
-        self.precision = resolve_precision(self.device, precision)
+        self.precision = inference_precision(self.device, precision)
 
     def __call__(self, inputs: MetaTensor, network: VisualAD, preprocessing: SlicePreprocessing, *args,
                  **kwargs) -> ScanMaps:
