@@ -44,7 +44,7 @@ from visualad_med.inference.folder import run_folder
 from visualad_med.inference.settings import RunSettings
 from visualad_med.inference.slices import SliceInferer, slice_preprocessing
 from visualad_med.io import ScanSource, find_scans, load_scan
-from visualad_med.model.devices import autocast, resolve_device
+from visualad_med.model.devices import autocast, inference_precision, resolve_device
 from visualad_med.transforms import window_range
 
 CQ500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "cq500_head_ct_dicom"
@@ -149,9 +149,9 @@ def throughput(model_name: str, scans: list[ScanSource], window: str, batch_size
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def resident_gib() -> float:
-    """Current resident memory of this process (``VmRSS``), GiB."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS:"))
+def resident_gib(key: str = "VmRSS") -> float:
+    """Resident memory of this process, GiB: now (``VmRSS``) or its high-water mark (``VmHWM``)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{key}:"))
     return int(line.split()[1]) / 2**20
 
 
@@ -160,7 +160,8 @@ def memory_child(model_name: str, slices: int, batch_size: int, device: torch.de
 
     Loading the model leaves a high-water mark well above what stays resident (weights are
     converted on the way), so the mark is reset (``/proc/self/clear_refs``, Linux) once the model
-    has run one batch; ``getrusage`` maxrss then holds the peak of the volume's run alone.
+    has run one batch; ``VmHWM`` then holds the peak of the volume's run alone (``getrusage`` maxrss
+    is not reset by it).
     """
     model = build_model(model_name).to(device).eval()
     size = model.config.image_size
@@ -173,7 +174,7 @@ def memory_child(model_name: str, slices: int, batch_size: int, device: torch.de
     volume = synthetic_ct(slices)
     inferer = SliceInferer(batch_size=batch_size, device=device, progress=False)
     maps = inferer(volume, model, slice_preprocessing(model.config, window_range("brain")))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = resident_gib("VmHWM")
     return {"model": model_name, "slices": slices, "loading_peak_gib": loading_peak, "with_model_gib": with_model,
             "peak_gib": peak, "volume_gib": volume.numel() * 4 / 2**30,
             "slices_run": maps.scores.slices_run, "seconds": time.perf_counter() - started}
@@ -198,7 +199,7 @@ def main() -> None:
         return
 
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"precision {args.precision}")
+          f"precision {args.precision} ({inference_precision(device, args.precision)})")
     with tempfile.TemporaryDirectory() as folder:
         if args.synthetic:
             scans, window = [write_synthetic(Path(folder), args.synthetic)], "brain"

@@ -77,6 +77,21 @@ def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str, several: 
     parser.add_argument("--split", default=split_default, help=f"split to use (default: {split_default or 'test'})")
 
 
+def _add_volume_arguments(parser: argparse.ArgumentParser, scope: str, threshold_help: str) -> None:
+    """``--window``, ``--planes``, ``--precision`` and ``--threshold`` of volume runs (``scope`` prefixes the help)."""
+    parser.add_argument("--window", default="auto",
+                        help=f"{scope}auto (from Modality: CT brain window, MR/others percentile scaling), brain, "
+                        "subdural, abdomen, liver, lung, bone, percentile, or WIDTH,LEVEL in HU")
+    parser.add_argument("--planes", default="axial",
+                        help=f"{scope}comma-separated planes; axial,coronal,sagittal averages the three (tri-planar)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help=f"{scope}autocast of the model's forward pass; auto: bf16 where the device computes it "
+                        "natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp16 on older GPUs and fp32 on "
+                        "other CPUs; bf16 moved the dev volumes' voxel AUROC/AP by at most 0.08 points from fp32 "
+                        "(README); the report records what ran")
+    parser.add_argument("--threshold", type=float, default=None, help=f"{scope}{threshold_help}")
+
+
 def _add_predict(commands: argparse._SubParsersAction) -> None:
     """The ``predict`` command and its arguments."""
     predict = commands.add_parser(
@@ -117,12 +132,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--labels", default=None,
                           help="volumes: folder of label volumes matched by name with the scans under --data "
                           "(<name>, <name>_label, _seg or _mask)")
-    evaluate.add_argument("--window", default="auto", help="volumes: intensity window, as for infer")
-    evaluate.add_argument("--planes", default="axial", help="volumes: planes, as for infer")
-    evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                          help="volumes: autocast of the model, as for infer")
-    evaluate.add_argument("--threshold", type=float, default=None,
-                          help="volumes: mask threshold for Dice and IoU (default: the head's)")
+    _add_volume_arguments(evaluate, "volumes: ", "mask threshold for Dice and IoU (default: the head's)")
     evaluate.add_argument("--classes", nargs="+", default=None, help="classes to evaluate (default: all)")
     evaluate.add_argument("--out", required=True, help="output folder")
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -155,19 +165,8 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     )
     infer.add_argument("input", help="folder (searched recursively) or a single scan file")
     infer.add_argument("output", help="output folder (not inside the input folder)")
-    infer.add_argument("--window", default="auto",
-                       help="auto (from Modality: CT brain window, MR/others percentile scaling), brain, subdural, "
-                       "abdomen, liver, lung, bone, percentile, or WIDTH,LEVEL in HU")
-    infer.add_argument("--planes", default="axial",
-                       help="comma-separated planes; axial,coronal,sagittal averages the three (tri-planar)")
     infer.add_argument("--batch-size", type=int, default=8, help="slices per model call")
-    infer.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="autocast of the model's forward pass; auto: bf16 where the device computes it "
-                       "natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp16 on older GPUs and fp32 on "
-                       "other CPUs; bf16 moved the dev volumes' voxel AUROC/AP by at most 0.08 points from fp32 "
-                       "(README); the report records what ran")
-    infer.add_argument("--threshold", type=float, default=None,
-                       help="mask threshold on the map (default: the head's calibrated threshold)")
+    _add_volume_arguments(infer, "", "mask threshold on the map (default: the head's calibrated threshold)")
     infer.add_argument("--map-dtype", default="int16",  # checked by RunSettings: importing the writers takes seconds
                        help="how the anomaly map is stored: int16 (default) with NIfTI scl_slope/scl_inter over the "
                        "map's range, every value within half a step ((max - min) / 65534) of the float32 map, 104 MB "
