@@ -11,7 +11,8 @@ from .discover import find_scans
 from .load import MAX_VOXELS, Scan, load_scan
 from .sitk_reader import SimpleITKReader
 from .sources import ScanLoadError, ScanSource
-from .writers import dicom_seg_problem, write_dicom_seg, write_json, write_nifti, write_seg_nrrd, write_summary_csv
+from .dicom_seg import dicom_seg_problem, write_dicom_seg
+from .writers import write_json, write_nifti, write_seg_nrrd, write_summary_csv
 
 __all__ = [
     "MAX_GAP_SLICES",
