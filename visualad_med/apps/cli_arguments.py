@@ -169,8 +169,9 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     _add_volume_arguments(infer, "", "mask threshold on the map (default: the head's calibrated threshold)")
     infer.add_argument("--map-dtype", default="int16",  # checked by RunSettings: importing the writers takes seconds
                        help="how the anomaly map is stored: int16 (default) with NIfTI scl_slope/scl_inter over the "
-                       "map's range, every value within half a step ((max - min) / 65534) of the float32 map, 104 MB "
-                       "for a 512 x 562 x 239 head CT; float32: exact, 231 MB. The mask and scores are computed from "
+                       "map's range, every value within half a step ((max - min) / 65534) of the float32 map: 78 MB "
+                       "for a 512 x 562 x 239 head CT (104 MB with --precision fp32); float32: exact, 151 MB (231 MB). "
+                       "The mask and scores are computed from "
                        "the float32 map either way")
     infer.add_argument("--no-preview", action="store_true",
                        help="write no quick-look PNGs and no index.html")
