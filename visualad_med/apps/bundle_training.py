@@ -124,20 +124,20 @@ class HeadTrainer:
 
     def run(self) -> Path:
         """Train; returns the final head's path. The bundle's command is recorded in the head."""
-        from visualad_med.datasets import class_balanced_weights
+        from visualad_med.datasets import class_sampling
         from visualad_med.training.loop import train
 
         if not self.output_dir:
             raise BundleConfigError("output_dir", "not set; set --output_dir")
         base = self.calibration_set if self.calibration_set is not None else self.dataset
-        balance = len(base.classes) > 1 if self.balance_classes is None else bool(self.balance_classes)
+        balance, weights = class_sampling(base, self.balance_classes)
         provenance = {**(self.provenance or {}), "classes": base.classes, "balance_classes": balance,
                       "command": command_line()}
         try:
             return train(self.network, self.dataset, Path(self.output_dir),
                          dataclasses.replace(self.config, epochs=self.max_epochs), resolve_device(self.device),
                          calibration_set=self.calibration_set, resume=self.resume, provenance=provenance,
-                         sample_weights=class_balanced_weights(base) if balance else None, inferer=self.inferer)
+                         sample_weights=weights, inferer=self.inferer)
         except FileNotFoundError as error:
             if self.resume:
                 raise BundleConfigError("resume", f"{error}") from None

@@ -90,13 +90,13 @@ def _infer(args: argparse.Namespace) -> int:
     settings = _run_settings(args, overwrite=args.overwrite, map_dtype=args.map_dtype, preview=not args.no_preview)
     run = run_folder(model, scans, Path(args.output), settings, head_sha256=_head_sha256(args),
                      cohort=cohort_settings(args, model, Path(args.output), settings), where=args.input)
-    print(_where_results_are(run.succeeded, run.failed, run.scans, Path(args.output)))
+    print(_where_results_are(run.scans, Path(args.output)))
     return 1 if run.failed else 0
 
 
-def _where_results_are(succeeded: int, failed: int, written, out_dir: Path) -> str:
+def _where_results_are(written, out_dir: Path) -> str:
     """The last line of ``infer``: counts, the summary, the HTML index and the best-scoring scan's picture."""
-    parts = [f"{succeeded} scans succeeded, {failed} failed", f"summary {written.summary}"]
+    parts = [f"{written.succeeded} scans succeeded, {written.failed} failed", f"summary {written.summary}"]
     if written.index is not None:
         parts.append(f"index {written.index}")
     best = written.best
@@ -127,7 +127,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from visualad_med.training.auxiliary import build_auxiliary_set
-    from visualad_med.datasets import build_dataset, class_balanced_weights
+    from visualad_med.datasets import build_dataset, class_sampling
     from visualad_med.model.visualad import build_model
     from visualad_med.model.devices import resolve_device
     from visualad_med.training.loop import TrainConfig, train
@@ -146,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
                                seed=args.seed, max_steps=args.max_steps,
                                workers=args.workers, calibration_images=args.calibration_images,
                                precision=args.precision)
-    balance = len(base.classes) > 1 if args.balance_classes is None else args.balance_classes
+    balance, weights = class_sampling(base, args.balance_classes)
     provenance = {"data": [str(root) for root in args.data], "layout": args.layout, "split": args.split,
                   "classes": base.classes, "balance_classes": balance,
                   "synthetic": args.synthetic, "synthetic_probability": args.synthetic_probability,
@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
                   "augment_probability": args.augment_probability, "command": " ".join(args.command_line)}
     train(model, dataset, Path(args.out), train_config, resolve_device(args.device), calibration_set=base,
           resume=args.resume, provenance=provenance,
-          sample_weights=class_balanced_weights(base) if balance else None)
+          sample_weights=weights)
     return 0
 
 

@@ -122,6 +122,13 @@ def class_balanced_weights(dataset: AnomalyDataset) -> torch.Tensor:
     return torch.tensor([1.0 / sizes[record.class_name] for record in dataset.records], dtype=torch.float64)
 
 
+def class_sampling(dataset: AnomalyDataset, balance: bool | None = None) -> tuple[bool, torch.Tensor | None]:
+    """Whether training draws ``dataset``'s classes equally often (``None``: when it holds more than one),
+    and the sampling weights that do it (:func:`class_balanced_weights`; ``None``: plain shuffling)."""
+    balanced = len(dataset.classes) > 1 if balance is None else bool(balance)
+    return balanced, class_balanced_weights(dataset) if balanced else None
+
+
 __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
@@ -135,6 +142,7 @@ __all__ = [
     "VisADataset",
     "build_dataset",
     "class_balanced_weights",
+    "class_sampling",
     "collate_skip_invalid",
     "image_to_tensor",
     "list_images",

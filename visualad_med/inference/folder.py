@@ -102,18 +102,24 @@ class FolderRun:
     """What a folder run did.
 
     Attributes:
-        succeeded: scans finished (computed now or found done).
-        failed: scans that failed (each logged and listed in the summary).
+        scans: what :func:`run_scans` did and wrote (counts, summary, index, best-scoring scan).
         threshold: the threshold on the maps that made the masks.
         cohort: what the reports record of the cohort (:meth:`CohortMaps.report`), ``None`` for a plain run.
-        scans: what :func:`run_scans` wrote (summary, index, best-scoring scan).
     """
 
-    succeeded: int
-    failed: int
+    scans: ScansWritten
     threshold: float
     cohort: dict | None = None
-    scans: ScansWritten | None = None
+
+    @property
+    def succeeded(self) -> int:
+        """Scans finished (computed now or found done)."""
+        return self.scans.succeeded
+
+    @property
+    def failed(self) -> int:
+        """Scans that failed (each logged and listed in the summary)."""
+        return self.scans.failed
 
 
 def run_folder(
@@ -167,10 +173,13 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     identities: dict[str, dict] = {}
 
     def identity(source: ScanSource) -> dict:
-        return {"input": input_identity(source), "settings": run_key}
+        """The scan's identity, hashed once: by the resume check, else before the scan is read."""
+        if source.name not in identities:
+            identities[source.name] = {"input": input_identity(source), "settings": run_key}
+        return identities[source.name]
 
     def load(source: ScanSource) -> LoadedScan:
-        identities[source.name] = identity(source)  # before the scan is read
+        identity(source)
         return load_for_run(source, settings)
 
     def infer(loaded: LoadedScan) -> ScanResult:
@@ -187,8 +196,7 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     written = run_scans(list(scans), out_dir, ScanSteps(load, infer, write),
                         overwrite=settings.overwrite or maps is not None, progress=settings.progress, where=where,
                         identity=identity, preview=settings.preview)
-    return FolderRun(written.succeeded, written.failed, settings.mask_threshold(model),
-                     None if maps is None else maps.report(), written)
+    return FolderRun(written, settings.mask_threshold(model), None if maps is None else maps.report())
 
 
 def _rank_world() -> tuple[int, int]:

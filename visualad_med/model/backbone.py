@@ -20,8 +20,6 @@ from torch import nn
 
 from visualad_med.errors import SettingError
 
-from .presets import PRESETS, BackbonePreset  # noqa: F401  (re-exported: their home before presets.py)
-
 NUM_INSERTED_TOKENS = 2
 
 

@@ -1,7 +1,7 @@
 """Build VisualAD on a frozen timm ViT: with a fresh head, or as the model a saved head was trained with.
 
 The model is :class:`~visualad_med.model.torch_model.VisualAD`; the backbone a preset
-(:data:`~visualad_med.model.backbone.PRESETS`), a timm name or a ``VisionTransformer``.
+(:data:`~visualad_med.model.presets.PRESETS`), a timm name or a ``VisionTransformer``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from timm.data import resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 
 from . import checkpoint, weights
-from .backbone import PRESETS, TokenViT, default_taps, num_patches, patch_size_of, pretrained_grid_of
+from .backbone import TokenViT, default_taps, num_patches, patch_size_of, pretrained_grid_of
+from .presets import PRESETS
 from .checkpoint import HeadCheckpointError, HeadConfig
 from .torch_model import VisualAD
 
