@@ -158,7 +158,8 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
         "for the head alone; every scan is then redone). Finished scans are skipped unless --overwrite: a scan is "
         "finished when its report is of this version's schema, its outputs exist and it records the same input "
         "(each file's size and sha256 of its first 64 KiB; a file only touched is not redone) and the same "
-        "settings (head, backbone, scoring, planes, window, threshold); otherwise it is redone and the log says "
+        "settings (head, backbone, scoring, planes, window, threshold, map dtype, precision); otherwise it is redone "
+        "and the log says "
         "why. A failing scan is reported and the run goes on (exit code 1 if any failed). One run at a time per "
         "output folder: a run locks OUTPUT/.visualad_med.lock; a second run on the same OUTPUT is refused (exit "
         "code 2), naming the process that holds it. Temporaries left by a killed run are removed by the next.",

@@ -9,7 +9,8 @@ its first 64 KiB (the whole header of a DICOM slice or a NIfTI/NRRD/MetaImage fi
 a gzip stream). Its modification time is recorded but not compared: a file only touched, or copied
 without keeping times, is not redone; a file replaced by other content is, as soon as its size or
 its first 64 KiB differ. The settings are those that change the outputs: the head's sha256, the
-backbone and its weights, image size, taps, scoring, map reference, planes, window, threshold.
+backbone and its weights, image size, taps, scoring, map reference, planes, window, threshold,
+the map's storage type and the precision the model runs at.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 
 from visualad_med.io import ScanSource
+from visualad_med.model.devices import inference_precision
 from visualad_med.model.visualad import VisualAD
 
 from .settings import RunSettings
@@ -51,7 +53,8 @@ def settings_identity(model: VisualAD, settings: RunSettings, head_sha256: str |
            "image_size": config.image_size, "taps": list(config.taps), "scoring": model.settings.scoring,
            "selfsim_weight": model.settings.selfsim_weight, "map_reference": model.settings.map_reference,
            "planes": list(settings.planes), "window": settings.window, "threshold": settings.mask_threshold(model),
-           "skip_empty": settings.skip_empty}
+           "skip_empty": settings.skip_empty, "map_dtype": settings.map_dtype,
+           "precision": inference_precision(next(model.parameters()).device, settings.precision)}
     return json.loads(json.dumps(key))
 
 
