@@ -376,10 +376,14 @@ def test_scan_score_is_the_exact_top_one_percent_mean():
     ties[:2, :3, :10] = 0.5  # 60 voxels tie across the top-1 % boundary (102 voxels)
     ties[5, 5, :4] = torch.tensor([0.9, 0.8, 0.7, 0.6])
     count = int(np.ceil(0.01 * volume.numel()))
-    for values in (volume, ties, MetaTensor(volume)):
+    sparse = -torch.ones(6400)
+    sparse[::64] = torch.arange(1.0, 101.0)  # the sample holds every high value: too few reach its bound
+    for values in (volume, ties, MetaTensor(volume), volume.permute(2, 1, 0), sparse):
+        count = int(np.ceil(0.01 * values.numel()))
         expected = float(torch.sort(torch.as_tensor(values).flatten(), descending=True).values[:count].double().mean())
         assert scan_scores(values, [None])["top1pct_mean"] == pytest.approx(expected, rel=1e-6)
-    assert scan_scores(ties, [None])["top1pct_mean"] == pytest.approx((3.0 + 60 * 0.5) / count)
+    assert scan_scores(ties, [None])["top1pct_mean"] == pytest.approx((3.0 + 60 * 0.5) / 102)
+    assert scan_scores(sparse, [None])["top1pct_mean"] == pytest.approx(np.mean(np.arange(37, 101)))
     assert scan_scores(volume, [None, 0.2, 0.7, None])["max_slice_score"] == 0.7
     assert scan_scores(torch.zeros(2, 2, 2), [None]) == {"max_slice_score": None, "top1pct_mean": 0.0}
 

@@ -34,6 +34,9 @@ from visualad_med.io import (
     write_seg_nrrd,
     write_summary_csv,
 )
+from visualad_med.io.dicom_series import _place
+from visualad_med.io.layout import argmax_index
+from visualad_med.io.quantise import quantise_int16
 from visualad_med.io.sitk_reader import sitk_affine
 
 ROWS, COLUMNS, SLICES = 20, 24, 8
@@ -184,6 +187,34 @@ def test_tilted_series_with_a_missing_slice(tmp_path: Path):
     written = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
     np.testing.assert_allclose(reference.GetDirection(), written.GetDirection(), atol=ATOL)
     np.testing.assert_allclose(reference.GetSpacing()[:2], volume.meta["spacing"][:2], atol=ATOL)
+
+
+@pytest.mark.parametrize("offset", [(2.25, 3.0), (1.0, 4.6), (3.9, 0.35), (0.0, 0.0)])
+def test_tilt_placement_is_scipys_linear_interpolation(offset: tuple[float, float]):
+    """The frame moved by ``offset`` as ``affine_transform`` (order 1, constant mode) moves it, edges included."""
+    from scipy import ndimage
+
+    frame = np.random.default_rng(1).normal(100.0, 300.0, (9, 13)).astype(np.float32)
+    expected = np.full((14, 18), -1024.0, np.float32)
+    ndimage.affine_transform(frame, np.ones(2), offset=(-offset[0], -offset[1]), output=expected, order=1, cval=-1024.0)
+    placed = np.full_like(expected, -1024.0)
+    _place(frame, np.asarray(offset), placed)
+    np.testing.assert_allclose(placed, expected, rtol=0, atol=1e-3)  # float32 arithmetic: ulps of 300 HU
+    np.testing.assert_array_equal(placed == -1024.0, expected == -1024.0)  # the same pixels left as fill
+
+
+def test_dicom_volume_is_fortran_ordered_and_the_writers_keep_it(oblique_series: list[Path], tmp_path: Path):
+    """Each (X, Y) plane contiguous as decoded: no transposed copy on reading, none on writing the NIfTI."""
+    (scan,) = find_scans(oblique_series[0].parent)
+    volume = load_scan(scan).volume[0].numpy()
+    assert volume.flags.f_contiguous and not volume.flags.c_contiguous
+    stored = quantise_int16(volume).stored
+    assert stored.flags.f_contiguous
+    np.testing.assert_array_equal(quantise_int16(np.ascontiguousarray(volume)).stored, stored)
+    assert argmax_index(volume) == np.unravel_index(np.argmax(volume), volume.shape)
+    write_nifti(volume, load_scan(scan).volume.affine, tmp_path / "volume.nii.gz", "float32")
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "volume.nii.gz").dataobj), volume)
+    np.testing.assert_array_equal(sitk_xyz(sitk.ReadImage(str(tmp_path / "volume.nii.gz"))), volume)
 
 
 def oblique_affine() -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from visualad_med.io.layout import argmax_index, array_order
 from visualad_med.io.quick_look import save_quick_look
 from visualad_med.model.body_reference import volume_body_mask
 
@@ -35,23 +36,21 @@ def preview_focus(anomaly: np.ndarray, body: np.ndarray, sliced_axes: tuple[int,
         sliced_axes: array axes the model sliced along; on each, the first and last
             ``max(1, ceil(END_MARGIN * n))`` of the ``n`` slices holding body are left out.
 
-    Falls back to the whole body when the margins leave nothing, then to the whole volume.
+    Falls back to the whole body when the margins leave nothing, then to the whole volume. The
+    inner region is a box of slices (views of the arrays, nothing copied) intersected with ``body``.
     """
-    inner = body.copy()
+    box = [slice(None)] * 3
     for axis in sliced_axes:
         holding = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
-        if holding.size == 0:
-            continue
-        margin = max(1, math.ceil(END_MARGIN * (holding[-1] - holding[0] + 1)))
-        shape = [1, 1, 1]
-        shape[axis] = body.shape[axis]
-        index = np.arange(body.shape[axis]).reshape(shape)
-        inner &= (index >= holding[0] + margin) & (index <= holding[-1] - margin)
-    for region in (inner, body):
-        if region.any():
-            return tuple(int(i) for i in np.unravel_index(np.argmax(np.where(region, anomaly, -np.inf)),
-                                                            anomaly.shape))
-    return tuple(int(i) for i in np.unravel_index(np.argmax(anomaly), anomaly.shape))
+        if holding.size:
+            margin = max(1, math.ceil(END_MARGIN * (holding[-1] - holding[0] + 1)))
+            box[axis] = slice(int(holding[0]) + margin, max(int(holding[-1]) - margin + 1, int(holding[0]) + margin))
+    for region in (tuple(box), (slice(None),) * 3):
+        inside = body[region]
+        if inside.any():
+            peak = argmax_index(np.where(inside, anomaly[region], -np.inf))
+            return tuple(i + (cut.start or 0) for i, cut in zip(peak, region))
+    return argmax_index(anomaly)
 
 
 def write_preview(result: ScanResult, path: Path) -> Path:
@@ -62,7 +61,9 @@ def write_preview(result: ScanResult, path: Path) -> Path:
     anomaly = result.anomaly.numpy()
     body = (volume_body_mask(volume, window) & result.ran).numpy()
     focus = preview_focus(anomaly, body, tuple(result.scores.run_slices))
-    inside = anomaly[body] if body.any() else anomaly.ravel()
+    order = array_order(anomaly)  # the body's too (both follow the scan): flat views, no copy
+    flat = anomaly.ravel(order=order)
+    inside = flat[body.ravel(order=order)] if body.any() else flat
     low, high = float(np.median(inside)), float(inside.max())
     scores = result.scan_scores
     max_slice = "none" if scores["max_slice_score"] is None else f"{scores['max_slice_score']:.3f}"

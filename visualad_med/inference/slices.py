@@ -25,6 +25,7 @@ from monai.inferers import Inferer
 from tqdm import tqdm
 
 from visualad_med.errors import SettingError
+from visualad_med.io.layout import flat_in_memory_order
 from visualad_med.model.checkpoint import HeadConfig
 from visualad_med.model.devices import autocast, inference_precision
 from visualad_med.model.visualad import VisualAD
@@ -76,21 +77,23 @@ class SliceScores:
         """Bool ``(X, Y, Z)``: voxels that lie in a slice the model ran, in any plane.
 
         The others (slices without body in every plane) hold 0 in the map, whatever the run's
-        background level.
+        background level. A broadcast view (``expand``: no memory per voxel, read-only), so it
+        combines with a volume of any memory layout at the volume's speed.
         """
-        covered = torch.zeros(shape, dtype=torch.bool)
+        covered = torch.zeros((1, 1, 1), dtype=torch.bool)
         for axis, flags in self.run_slices.items():
             view = [1, 1, 1]
             view[axis] = len(flags)
-            covered |= torch.tensor(flags, dtype=torch.bool).view(view)
-        return covered
+            covered = covered | torch.tensor(flags, dtype=torch.bool).view(view)
+        return covered.expand(shape)
 
 
 class ScanMaps(NamedTuple):
     """What :class:`SliceInferer` returns for one volume.
 
     Attributes:
-        anomaly: float32 ``MetaTensor`` ``(1, X, Y, Z)`` on the CPU with the input's meta (affine).
+        anomaly: float32 ``MetaTensor`` ``(1, X, Y, Z)`` on the CPU with the input's meta (affine) and
+            memory layout (strides).
         scores: per-slice scores and timings.
     """
 
@@ -150,7 +153,7 @@ class SliceInferer(Inferer):
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"expected a single-channel MetaTensor volume (1, X, Y, Z), got {shape}")
         started = time.perf_counter()
-        total = torch.zeros(inputs.shape[1:], dtype=torch.float32)
+        total = torch.zeros_like(inputs.as_tensor()[0], dtype=torch.float32)  # the volume's memory layout
         axis = anatomical_axis(inputs.affine, self.planes[0])
         scores = SliceScores(self.planes[0], axis, [None] * inputs.shape[axis + 1], self.precision)
         for plane in self.planes:
@@ -218,18 +221,35 @@ def scan_scores(volume_map: torch.Tensor, slice_scores: list[float | None]) -> d
     """The two scan scores: max over slices of the slice score, and the mean of the top 1 % of voxels.
 
     The top 1 % (``k = ceil(0.01 * N)`` voxels, at least one) is summed from the ``k``-th largest
-    value ``v`` (``torch.kthvalue``, linear time) as ``sum(x > v) + (k - #(x > v)) * v``, exact
-    with ties. ``torch.topk`` takes seconds on a 512 x 512 x 600 volume and ``np.partition``
-    tens of seconds on maps with large runs of equal values (zeros outside the body).
+    value ``v`` as ``sum(x > v) + (k - #(x > v)) * v``, exact with ties (:func:`top_sum`).
     """
     known = [s for s in slice_scores if s is not None]
     plain = volume_map.as_tensor() if isinstance(volume_map, MetaTensor) else volume_map
-    flat = plain.detach().float().cpu().reshape(-1)
+    flat = flat_in_memory_order(plain.detach().float().cpu())
     count = max(1, math.ceil(TOP_FRACTION * flat.numel()))
-    kth = torch.kthvalue(flat, flat.numel() - count + 1).values
-    above = flat[flat > kth]
-    top_sum = above.double().sum() + (count - above.numel()) * kth.double()
     return {
         "max_slice_score": max(known) if known else None,
-        "top1pct_mean": float(top_sum / count),
+        "top1pct_mean": float(top_sum(flat, count) / count),
     }
+
+
+def top_sum(flat: torch.Tensor, count: int, sample_step: int = 64) -> torch.Tensor:
+    """Float64 sum of the ``count`` largest values of 1D ``flat``, exact with ties.
+
+    The ``count``-th largest ``v`` is found by ``torch.kthvalue`` (linear time) among the values
+    at or above a bound read from every ``sample_step``-th value (set so that, with rare exceptions,
+    a few times ``count`` values reach it; when fewer do, among all values): ``torch.topk`` takes
+    seconds on a 512 x 512 x 600 volume, ``np.partition`` tens of seconds on maps with large runs
+    of equal values (zeros outside the body), and ``kthvalue`` over the whole volume 0.7 s on CQ500.
+    """
+    candidates = flat
+    sample = flat[::sample_step]
+    rank = 2 * math.ceil(count / sample_step) + 8  # from the top of the sample
+    if rank < sample.numel():
+        bound = torch.kthvalue(sample, sample.numel() - rank + 1).values
+        reaching = flat[flat >= bound]
+        if reaching.numel() >= count:
+            candidates = reaching
+    kth = torch.kthvalue(candidates, candidates.numel() - count + 1).values
+    above = candidates[candidates > kth]
+    return above.double().sum() + (count - above.numel()) * kth.double()

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage
-from monai.utils import MetaKeys
+from monai.utils import ImageMetaKey, MetaKeys
 
 from visualad_med.transforms import ResolvedWindow, resolve_intensity_window
 
@@ -129,22 +129,30 @@ def load_scan(
 
 
 def _load_dicom(source: ScanSource, max_gap_slices: int) -> tuple[MetaTensor, DicomSeries]:
+    """Decode the series' pixels with :class:`SimpleITKReader` and place them on the series' grid.
+
+    The reader is called directly, not through ``LoadImage``: the decoded stack only feeds
+    :meth:`DicomSeries.to_grid`, and ``LoadImage``'s tensor conversion would first copy it into
+    C order (1.3 s on CQ500's 512 x 512 x 238 slices).
+    """
     series = DicomSeries.from_files(tuple(source.files), max_gap_slices=max_gap_slices)
     _check_series_budget(source.path, series)
+    reader = SimpleITKReader()
     try:
-        stack = _loader()(list(series.files), reader=SimpleITKReader())
+        stack, stack_meta = reader.get_data(reader.read(list(series.files)))
     except RuntimeError as error:
         raise ScanLoadError(
             _first_unreadable(series.files) or source.path, f"pixel data unreadable ({_sitk_message(error)})"
         ) from error
     first = series.datasets[0]
     expected = (first.Columns, first.Rows, len(series.files))
-    if tuple(stack.shape[1:]) != expected:
-        raise ScanLoadError(source.path, f"pixel stack has shape {tuple(stack.shape[1:])}, headers say {expected}")
-    volume = series.to_grid(stack[0].numpy())
-    meta = {key: value for key, value in stack.meta.items() if key != MetaKeys.AFFINE}
+    if stack.shape != expected:
+        raise ScanLoadError(source.path, f"pixel stack has shape {stack.shape}, headers say {expected}")
+    volume = series.to_grid(stack)
+    meta = {key: value for key, value in stack_meta.items() if key != MetaKeys.AFFINE}
     meta.update(
         {
+            ImageMetaKey.FILENAME_OR_OBJ: str(series.files[0]),
             MetaKeys.ORIGINAL_AFFINE: series.affine,
             MetaKeys.SPATIAL_SHAPE: np.asarray(series.shape),
             "spacing": np.linalg.norm(series.affine[:3, :3], axis=0),
@@ -240,6 +248,13 @@ def _check_shape(path: Path, shape: tuple[int, ...], *, components: int, max_vox
 
 
 def _check_finite(image: torch.Tensor, path: Path) -> None:
+    """Raise for NaN or infinite voxels, naming the first.
+
+    A sum over a NaN or infinite voxel is not finite, so a finite sum (one pass, no mask) clears the
+    volume; a volume whose sum is not (a NaN, an infinity, or an overflow of huge finite voxels) is searched.
+    """
+    if bool(torch.isfinite(image.sum())):
+        return
     finite = torch.isfinite(image)
     if not bool(finite.all()):
         bad = (~finite).nonzero()

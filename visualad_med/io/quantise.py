@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .layout import array_order
+
 INT16_LIMIT = 32767
 """Largest stored magnitude; -32768 is left unused so the range is symmetric about ``scl_inter``."""
 
@@ -60,7 +62,8 @@ def quantise_int16(values: np.ndarray) -> Quantised:
     slope = np.float32((high - low) / (2 * INT16_LIMIT)) if high > low else np.float32(1.0)
     while high > low and float(slope) * INT16_LIMIT < max(high - float(inter), float(inter) - low):
         slope = np.nextafter(slope, np.float32(np.inf))  # the float32 rounding must not cut the range
-    flat = values.reshape(-1)
+    order = array_order(values)  # the input's layout: no copy
+    flat = values.reshape(-1, order=order)
     stored = np.empty(flat.shape, dtype=np.int16)
     scaled = np.empty(min(_CHUNK, flat.size), dtype=np.float64)
     for start in range(0, flat.size, _CHUNK):
@@ -72,4 +75,4 @@ def quantise_int16(values: np.ndarray) -> Quantised:
         np.rint(part, out=part)
         np.clip(part, -INT16_LIMIT, INT16_LIMIT, out=part)
         stored[start:start + chunk.size] = part
-    return Quantised(stored.reshape(values.shape), slope, inter)
+    return Quantised(stored.reshape(values.shape, order=order), slope, inter)

@@ -69,14 +69,14 @@ def save_quick_look(
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
         raise ValueError(f"scan, map, mask and body must share one (X, Y, Z) shape, got {sorted(shapes)}")
     orientation = nib.orientations.io_orientation(np.asarray(affine))
-    volumes = [nib.orientations.apply_orientation(v, orientation) for v in volumes]
     point = _reoriented_index(focus, orientation, scan.shape)
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[np.argsort(orientation[:, 0])]
     figure = Figure(figsize=(15, 5.6), dpi=100, layout="constrained")
     panels = figure.subplots(1, 3)
     norm = matplotlib.colors.Normalize(*map_range)
     for axes, view in zip(panels, VIEWS):
-        image = _draw_view(axes, view, volumes, point, spacing, window, norm)
+        image = _draw_view(axes, view, _oriented_slabs(volumes, orientation, view, focus), point, spacing, window,
+                           norm)
     bar = figure.colorbar(image, ax=list(panels), shrink=0.8, pad=0.01)
     bar.set_label("anomaly map (white contour: mask, map above the threshold)")
     figure.suptitle(title)
@@ -86,11 +86,24 @@ def save_quick_look(
     return path
 
 
-def _draw_view(axes, view: str, volumes: list[np.ndarray], point: tuple[int, int, int], spacing: np.ndarray,
+def _oriented_slabs(volumes: list[np.ndarray], orientation: np.ndarray, view: str, focus: Sequence[int]
+                    ) -> list[np.ndarray]:
+    """The one-voxel-thick slab of each stored volume through ``focus`` that ``view`` shows, in RAS orientation.
+
+    Cut before reorienting, so that only a slice of each volume is copied, never the volume.
+    """
+    through = _VIEW_AXES[view][2]
+    stored_axis = int(np.flatnonzero(orientation[:, 0] == through)[0])
+    index = int(focus[stored_axis])
+    cut = (slice(None),) * stored_axis + (slice(index, index + 1),)
+    return [nib.orientations.apply_orientation(v[cut], orientation) for v in volumes]
+
+
+def _draw_view(axes, view: str, slabs: list[np.ndarray], point: tuple[int, int, int], spacing: np.ndarray,
                window: tuple[float, float], norm: matplotlib.colors.Normalize):
-    """Draw one view of the RAS volumes through ``point``; returns the map's image (for the colour bar)."""
+    """Draw one view from its RAS slabs (:func:`_oriented_slabs`); returns the map's image (for the colour bar)."""
     across, up, through = _VIEW_AXES[view]
-    scan, anomaly, mask, body = (_screen(v, across, up, through, point[through]) for v in volumes)
+    scan, anomaly, mask, body = (_screen(v, across, up, through, 0) for v in slabs)
     extent = (0, scan.shape[1] * spacing[across], 0, scan.shape[0] * spacing[up])  # mm, origin bottom left
     axes.imshow(scan, cmap="gray", vmin=window[0], vmax=window[1], extent=extent, interpolation="nearest")
     heat = axes.imshow(np.ma.masked_where(~body.astype(bool), anomaly), cmap=COLORMAP, norm=norm, alpha=MAP_ALPHA,
@@ -117,7 +130,7 @@ def _screen(volume: np.ndarray, across: int, up: int, through: int, index: int) 
     (anterior in the axial view) and its left the patient's right (anterior in the sagittal view),
     so rows run down the ``up`` axis and columns down the ``across`` axis.
     """
-    plane = np.take(volume, index, axis=through)  # (across, up): every view has across < up
+    plane = volume[(slice(None),) * through + (index,)]  # (across, up): every view has across < up
     return plane.T[::-1, ::-1]
 
 

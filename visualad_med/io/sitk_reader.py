@@ -52,7 +52,8 @@ class SimpleITKReader(ImageReader):
     Unlike MONAI's readers, a sequence of files is one DICOM series (the caller sorts it), not
     images stacked as channels; ITK's own slice spacing is kept in the meta but callers with
     irregular stacks replace the affine (see :class:`~visualad_med.io.dicom_series.DicomSeries`).
-    ``get_data`` returns the array as ``(X, Y, Z)`` (or ``(X, Y, Z, C)`` for vector pixels) and
+    ``get_data`` returns the array as ``(X, Y, Z)`` (or ``(X, Y, Z, C)`` for vector pixels), a
+    transposed view of SimpleITK's C-ordered ``(Z, Y, X)`` buffer (Fortran order: no copy), and
     the meta with ``affine`` (RAS unless ``affine_lps_to_ras=False``), ``original_affine``,
     ``spatial_shape``, ``space``, ``spacing``, ``original_channel_dim`` and the image's own
     key-value metadata (e.g. NRRD header fields).
@@ -85,12 +86,12 @@ class SimpleITKReader(ImageReader):
             return reader.Execute()
 
     def get_data(self, img: sitk.Image) -> tuple[np.ndarray, dict]:
-        """The ``(X, Y, Z[, C])`` array and its meta dictionary (see the class docstring)."""
+        """The ``(X, Y, Z[, C])`` array (a transposed view) and its meta dictionary (see the class docstring)."""
         array = sitk.GetArrayFromImage(img)
         spatial = img.GetDimension()
         components = img.GetNumberOfComponentsPerPixel()
         axes = tuple(reversed(range(spatial))) + ((spatial,) if components > 1 else ())
-        array = np.ascontiguousarray(array.transpose(axes))
+        array = array.transpose(axes)
         affine = sitk_affine(img, self.affine_lps_to_ras)
         meta = {key: img.GetMetaData(key) for key in img.GetMetaDataKeys() if not key.startswith("ITK_")}
         meta.update(

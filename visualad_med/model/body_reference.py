@@ -62,7 +62,7 @@ def volume_body_mask(volume: torch.Tensor, intensity_range: tuple[float, float],
     """
     low, high = intensity_range
     grey = ((volume.float() - low) / max(high - low, 1e-12)).clamp(0.0, 1.0)
-    body = grey > level * grey.max()
+    body = grey > level * grey.amax()  # max() is 40x slower on a transposed volume
     if body.float().mean() < MIN_BODY_FRACTION:
         body[...] = True
     return body
