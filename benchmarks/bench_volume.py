@@ -3,17 +3,19 @@
 Pipeline: :func:`visualad_med.inference.folder.run_folder` over a folder (one scan, e.g. CQ500,
 or many, e.g. the 15 volumes of ``lgg_volumes_msd``), head alone: read each scan, window, slice,
 run the model, reassemble the map on the voxel grid, write the NIfTI map and mask, the seg.nrrd
-(and the DICOM SEG for DICOM input) and the report, overlapped across scans as ``infer`` does.
+(and the DICOM SEG for DICOM input), the quick-look PNG (``--no-preview``: without) and the
+report, overlapped across scans as ``infer`` does.
 Model alone: the same model on the very slices the pipeline feeds it (recorded scan by scan on a
 first pass), in the same batches, under ``torch.inference_mode`` and the same autocast, timed call
 by call including the copy of maps and scores back to the CPU. Slices per second count the slices
 that went through the model (slices without body are left out by both). Target: folder >= 0.9 x
 model alone. Peak RSS is the process's high-water mark after the run.
 
-Memory: a synthetic 512 x 512 x N CT (float32 in HU, built in place) through :class:`SliceInferer`
-in a fresh process (Linux); resident memory once the model is loaded and has run one batch, then
-the peak (``getrusage`` maxrss, its mark reset after loading) of building the volume and running
-it; the difference is what the volume costs beyond the model (budget 2 GB for N = 600).
+Memory: a synthetic 512 x 512 x N CT (an int16 NIfTI in HU) through the whole scan path of
+``infer`` (:func:`run_folder`: read, infer, write every output, the quick look too) in a fresh
+process (Linux); resident memory once the model is loaded and has run one batch, then the peak
+(``VmHWM``, its mark reset after loading) of the run; the difference is what the scan costs
+beyond the model (budget 2 GB for N = 600).
 
     python benchmarks/bench_volume.py                       # CQ500 head CT, dinov2-s14 at 224 and 448
     python benchmarks/bench_volume.py --input ../shared/data/lgg_volumes_msd/imagesTr   # a folder of 15
@@ -36,7 +38,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from torch import nn
 
 from visualad_med import build_model
@@ -45,7 +46,6 @@ from visualad_med.inference.settings import RunSettings
 from visualad_med.inference.slices import SliceInferer, slice_preprocessing
 from visualad_med.io import ScanSource, find_scans, load_scan
 from visualad_med.model.devices import autocast, inference_precision, resolve_device
-from visualad_med.transforms import window_range
 
 CQ500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "cq500_head_ct_dicom"
 MEMORY_BUDGET_GB = 2.0
@@ -65,15 +65,6 @@ def phantom_slice(k: int, slices: int, side: int = 512) -> torch.Tensor:
     brain = radius < 0.93
     image[brain] = 30.0 + 10.0 * torch.randn(int(brain.sum()), generator=torch.Generator().manual_seed(k))
     return image
-
-
-def synthetic_ct(slices: int) -> MetaTensor:
-    """A ``(1, 512, 512, slices)`` float32 CT in HU with an axial RAS affine, filled slice by slice."""
-    volume = torch.empty(1, 512, 512, slices)
-    for k in range(slices):
-        volume[0, :, :, k] = phantom_slice(k, slices)
-    affine = torch.diag(torch.tensor([*SPACING_MM, 1.0], dtype=torch.float64))
-    return MetaTensor(volume, affine=affine, meta={"Modality": "CT", "scan_name": f"synthetic_{slices}"})
 
 
 def write_synthetic(folder: Path, slices: int) -> ScanSource:
@@ -131,10 +122,11 @@ def model_alone(model: nn.Module, scans: list[ScanSource], settings: RunSettings
 
 
 def throughput(model_name: str, scans: list[ScanSource], window: str, batch_size: int, device: torch.device,
-               precision: str) -> dict:
+               precision: str, preview: bool) -> dict:
     """Folder-run and model-alone slices per second of one model on ``scans``."""
     model = build_model(model_name).to(device).eval()
-    settings = RunSettings(window=window, batch_size=batch_size, progress=False, overwrite=True, precision=precision)
+    settings = RunSettings(window=window, batch_size=batch_size, progress=False, overwrite=True, precision=precision,
+                           preview=preview)
     slices, model_seconds = model_alone(model, scans, settings, device)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
@@ -156,28 +148,30 @@ def resident_gib(key: str = "VmRSS") -> float:
 
 
 def memory_child(model_name: str, slices: int, batch_size: int, device: torch.device) -> dict:
-    """Peak resident memory (GiB) of a synthetic CT going through :class:`SliceInferer`, and what it starts from.
+    """Peak resident memory (GiB) of a synthetic CT going through a folder run, and what it starts from.
 
     Loading the model leaves a high-water mark well above what stays resident (weights are
     converted on the way), so the mark is reset (``/proc/self/clear_refs``, Linux) once the model
-    has run one batch; ``VmHWM`` then holds the peak of the volume's run alone (``getrusage`` maxrss
-    is not reset by it).
+    has run one batch and the CT is on disk; ``VmHWM`` then holds the peak of the scan's run alone
+    (``getrusage`` maxrss is not reset by it).
     """
     model = build_model(model_name).to(device).eval()
     size = model.config.image_size
     with torch.inference_mode():
         model(torch.zeros(batch_size, 3, size, size, device=device))
     loading_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    with_model = resident_gib()
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (and ru_maxrss) to the current RSS
-    started = time.perf_counter()
-    volume = synthetic_ct(slices)
-    inferer = SliceInferer(batch_size=batch_size, device=device, progress=False)
-    maps = inferer(volume, model, slice_preprocessing(model.config, window_range("brain")))
-    peak = resident_gib("VmHWM")
+    with tempfile.TemporaryDirectory() as folder:
+        source = write_synthetic(Path(folder), slices)
+        with_model = resident_gib()
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (and ru_maxrss) to the current RSS
+        started = time.perf_counter()
+        settings = RunSettings(window="brain", batch_size=batch_size, progress=False, preview=True)
+        run_folder(model, [source], Path(folder) / "out", settings)
+        peak = resident_gib("VmHWM")
+        report = json.loads((Path(folder) / "out" / f"{source.name}_report.json").read_text())
     return {"model": model_name, "slices": slices, "loading_peak_gib": loading_peak, "with_model_gib": with_model,
-            "peak_gib": peak, "volume_gib": volume.numel() * 4 / 2**30,
-            "slices_run": maps.scores.slices_run, "seconds": time.perf_counter() - started}
+            "peak_gib": peak, "volume_gib": 512 * 512 * slices * 4 / 2**30,
+            "slices_run": report["seconds"]["slices_run"], "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
@@ -189,6 +183,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--no-preview", action="store_true", help="folder runs without the quick-look PNG")
     parser.add_argument("--memory-slices", type=int, default=600, help="0 skips the memory measurement")
     parser.add_argument("--memory-model", default="dinov2-s14-224")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -209,7 +204,7 @@ def main() -> None:
             scans = []
             print(f"{args.input} is absent: throughput skipped (use --synthetic N)")
         for name in [m.strip() for m in args.models.split(",") if m.strip()] if scans else []:
-            r = throughput(name, scans, window, args.batch_size, device, args.precision)
+            r = throughput(name, scans, window, args.batch_size, device, args.precision, not args.no_preview)
             model_rate, folder_rate = r["slices"] / r["model_alone_s"], r["slices"] / r["folder_s"]
             print(f"{r['model']} on {r['scans']} scan(s) under {args.input.name if not args.synthetic else 'synthetic'}"
                   f", {r['slices']} slices with body:\n"
@@ -225,7 +220,7 @@ def main() -> None:
         m = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         beyond = m["peak_gib"] - m["with_model_gib"]
         print(f"memory, synthetic 512x512x{m['slices']} CT ({m['volume_gib']:.2f} GiB as float32) through "
-              f"SliceInferer with {m['model']}: peak RSS {m['peak_gib']:.2f} GiB, {m['with_model_gib']:.2f} GiB "
+              f"a folder run (read, infer, write) with {m['model']}: peak RSS {m['peak_gib']:.2f} GiB, {m['with_model_gib']:.2f} GiB "
               f"resident with the model loaded (loading peaked at {m['loading_peak_gib']:.2f} GiB) -> "
               f"{beyond:.2f} GiB beyond the model (budget {MEMORY_BUDGET_GB:.0f} GB: "
               f"{'within' if beyond * 2**30 / 1e9 <= MEMORY_BUDGET_GB else 'OVER'}); {m['slices_run']} slices in "

@@ -197,7 +197,9 @@ class VolumeToSlices(InvertibleTransform):
             transform: the trace entry pushed by :py:meth:`__call__`.
 
         Returns:
-            Volume ``(C', X, Y, Z)`` in the array order of the source volume.
+            Volume ``(C', X, Y, Z)`` in the array order of the source volume; its memory stays in
+            slice order (a view of ``data``, or of one copy where an axis is flipped), so adding it
+            into a volume that is laid out the same way streams, and into any other costs one pass.
 
         Raises:
             ValueError: if ``(S, H, W)`` does not match the slices the transform produced.
@@ -213,7 +215,7 @@ class VolumeToSlices(InvertibleTransform):
         position = {axis: dim for axis, dim in zip(perm, (0, 2, 3))}
         out = data.permute(1, position[0], position[1], position[2])
         flips = [1 + axis for axis, flipped in zip(perm, flip) if flipped]
-        return (out.flip(flips) if flips else out).contiguous()
+        return out.flip(flips) if flips else out
 
 
 class VolumeToSlicesd(MapTransform, InvertibleTransform):

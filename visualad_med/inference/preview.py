@@ -37,7 +37,7 @@ def preview_focus(anomaly: np.ndarray, body: np.ndarray, sliced_axes: tuple[int,
             ``max(1, ceil(END_MARGIN * n))`` of the ``n`` slices holding body are left out.
 
     Falls back to the whole body when the margins leave nothing, then to the whole volume. The
-    inner region is a box of slices (views of the arrays, nothing copied) intersected with ``body``.
+    inner region is a box of slices (views of the arrays) intersected with ``body``.
     """
     box = [slice(None)] * 3
     for axis in sliced_axes:
@@ -46,9 +46,9 @@ def preview_focus(anomaly: np.ndarray, body: np.ndarray, sliced_axes: tuple[int,
             margin = max(1, math.ceil(END_MARGIN * (holding[-1] - holding[0] + 1)))
             box[axis] = slice(int(holding[0]) + margin, max(int(holding[-1]) - margin + 1, int(holding[0]) + margin))
     for region in (tuple(box), (slice(None),) * 3):
-        inside = body[region]
+        inside, values = body[region], anomaly[region]
         if inside.any():
-            peak = argmax_index(np.where(inside, anomaly[region], -np.inf))
+            peak = argmax_index((values == np.max(values, where=inside, initial=-np.inf)) & inside)  # bools, no float copy
             return tuple(i + (cut.start or 0) for i, cut in zip(peak, region))
     return argmax_index(anomaly)
 
@@ -59,12 +59,15 @@ def write_preview(result: ScanResult, path: Path) -> Path:
     window = (scan.window.low, scan.window.high)
     volume = scan.volume[0].as_tensor()
     anomaly = result.anomaly.numpy()
-    body = (volume_body_mask(volume, window) & result.ran).numpy()
+    body = volume_body_mask(volume, window)
+    body &= result.ran
+    body = body.numpy()
     focus = preview_focus(anomaly, body, tuple(result.scores.run_slices))
     order = array_order(anomaly)  # the body's too (both follow the scan): flat views, no copy
     flat = anomaly.ravel(order=order)
-    inside = flat[body.ravel(order=order)] if body.any() else flat
-    low, high = float(np.median(inside)), float(inside.max())
+    inside = flat[body.ravel(order=order)] if body.any() else flat.copy()
+    high = float(inside.max())
+    low = float(np.median(inside, overwrite_input=True))  # our copy: partitioned in place
     scores = result.scan_scores
     max_slice = "none" if scores["max_slice_score"] is None else f"{scores['max_slice_score']:.3f}"
     title = (f"{scan.source.name}: score {scores['top1pct_mean']:.3f} (mean of the top 1 % of the map), "

@@ -29,6 +29,11 @@ MAP_ALPHA = 0.45
 VIEWS = ("axial", "coronal", "sagittal")
 """The three panels, left to right."""
 
+_PANELS = {"left": 0.005, "right": 0.925, "bottom": 0.02, "top": 0.84, "wspace": 0.02}
+"""Where the three panels sit in the figure (fractions of its width and height), under the two-line title."""
+_COLOUR_BAR = (0.935, 0.1, 0.012, 0.68)
+"""The colour bar's axes: left, bottom, width, height (fractions of the figure), right of the panels."""
+
 _VIEW_AXES = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
 """RAS axes of each view: (across the screen, up the screen, through the slice); across < up in each."""
 _EDGE_LETTERS = {"axial": ("R", "L", "A"), "coronal": ("R", "L", "S"), "sagittal": ("A", "P", "S")}
@@ -71,13 +76,13 @@ def save_quick_look(
     orientation = nib.orientations.io_orientation(np.asarray(affine))
     point = _reoriented_index(focus, orientation, scan.shape)
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[np.argsort(orientation[:, 0])]
-    figure = Figure(figsize=(15, 5.6), dpi=100, layout="constrained")
-    panels = figure.subplots(1, 3)
+    figure = Figure(figsize=(15, 5.6), dpi=100)  # a fixed layout: constrained layout took a third of the time
+    panels = figure.subplots(1, 3, gridspec_kw=_PANELS)
     norm = matplotlib.colors.Normalize(*map_range)
     for axes, view in zip(panels, VIEWS):
         image = _draw_view(axes, view, _oriented_slabs(volumes, orientation, view, focus), point, spacing, window,
                            norm)
-    bar = figure.colorbar(image, ax=list(panels), shrink=0.8, pad=0.01)
+    bar = figure.colorbar(image, cax=figure.add_axes(_COLOUR_BAR))
     bar.set_label("anomaly map (white contour: mask, map above the threshold)")
     figure.suptitle(title)
     path = Path(path)

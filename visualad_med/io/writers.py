@@ -123,7 +123,7 @@ def write_seg_nrrd(
     if not path.name.lower().endswith(".seg.nrrd"):
         raise ValueError(f"Slicer segmentation path must end in .seg.nrrd, got {path.name!r}.")
     check_color(color)
-    labels = (spatial_volume(mask) != 0).astype(np.uint8)
+    labels = (spatial_volume(mask) != 0).view(np.uint8)  # bool as 0/1 bytes, no copy
     lps = orientation_ras_lps(affine_matrix(affine))
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.ascontiguousarray(labels.transpose(2, 1, 0)))
@@ -218,10 +218,10 @@ def check_color(color: Sequence[float]) -> None:
 
 def _labels(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
-        return array.astype(np.uint8)
+        return array.view(np.uint8)
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"label values must be in [0, 255], got [{array.min()}, {array.max()}].")
-    return array.astype(np.uint8)
+    return array.astype(np.uint8, copy=False)
 
 
 def _extent(labels: np.ndarray) -> str:
