@@ -232,15 +232,14 @@ class DicomSeries:
             )
 
 
-
 def _place(frame: np.ndarray, offset: np.ndarray, plane: np.ndarray) -> None:
     """Write a ``(Rows, Columns)`` frame into a ``(Y, X)`` grid plane with its first pixel at ``offset`` ``(y, x)``.
 
     A fractional offset moves the frame by linear interpolation along that axis, one axis after
     the other (bilinear is separable); as in ``scipy.ndimage.affine_transform`` (``order=1``,
     ``mode="constant"``), grid pixels that fall outside the frame's first and last pixel keep the
-    plane's fill. Written here because scipy's general spline code takes 15 times as long
-    (1.1 s instead of 0.08 s for CQ500's 237 tilted frames).
+    plane's fill. Written here because scipy's general spline code takes 5 times as long
+    (1.1 s instead of 0.2 s for CQ500's 237 tilted frames, the conversion to float32 included).
     """
     region = frame
     index = []
