@@ -220,7 +220,8 @@ def main() -> None:
         m = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         beyond = m["peak_gib"] - m["with_model_gib"]
         print(f"memory, synthetic 512x512x{m['slices']} CT ({m['volume_gib']:.2f} GiB as float32) through "
-              f"a folder run (read, infer, write) with {m['model']}: peak RSS {m['peak_gib']:.2f} GiB, {m['with_model_gib']:.2f} GiB "
+              f"a folder run (read, infer, write) with {m['model']}: peak RSS {m['peak_gib']:.2f} GiB, "
+              f"{m['with_model_gib']:.2f} GiB "
               f"resident with the model loaded (loading peaked at {m['loading_peak_gib']:.2f} GiB) -> "
               f"{beyond:.2f} GiB beyond the model (budget {MEMORY_BUDGET_GB:.0f} GB: "
               f"{'within' if beyond * 2**30 / 1e9 <= MEMORY_BUDGET_GB else 'OVER'}); {m['slices_run']} slices in "

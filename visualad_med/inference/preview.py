@@ -48,7 +48,8 @@ def preview_focus(anomaly: np.ndarray, body: np.ndarray, sliced_axes: tuple[int,
     for region in (tuple(box), (slice(None),) * 3):
         inside, values = body[region], anomaly[region]
         if inside.any():
-            peak = argmax_index((values == np.max(values, where=inside, initial=-np.inf)) & inside)  # bools, no float copy
+            highest = np.max(values, where=inside, initial=-np.inf)
+            peak = argmax_index((values == highest) & inside)  # bool temporaries, no float copy of the map
             return tuple(i + (cut.start or 0) for i, cut in zip(peak, region))
     return argmax_index(anomaly)
 

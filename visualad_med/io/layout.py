@@ -21,7 +21,10 @@ def array_order(array: np.ndarray) -> str:
 
 
 def argmax_index(array: np.ndarray) -> tuple[int, ...]:
-    """Index of the largest value of ``array`` (the first in memory order among equals; numpy's own copies a Fortran-ordered array), without a copy."""
+    """Index of the largest value of ``array``, the first in memory order among equals.
+
+    Without a copy: numpy's ``argmax`` copies a Fortran-ordered array into C order first.
+    """
     order = array_order(array)
     flat = int(np.argmax(array.ravel(order=order)))
     return tuple(int(i) for i in np.unravel_index(flat, array.shape, order=order))

@@ -52,10 +52,10 @@ def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
     which nibabel and ITK (SimpleITK, 3D Slicer) decode on reading. Boolean and integer volumes
     (masks, labelmaps) are stored as uint8. The affine goes into both sform and qform (code 1,
     scanner); spatial units are mm (``xyzt_units``). A ``.nii.gz`` is compressed by ISA-L
-    (``isal.igzip``, :data:`GZIP_LEVEL`): a standard gzip stream, seven times faster than the zlib
-    nibabel would use (0.3 s instead of 2.0 s for a 137 MB head CT map). Written with nibabel directly: MONAI's
-    ``NibabelWriter`` takes 3D data for 2D and fails when the affine's top-left 2 x 2 block is
-    singular, as for every coronal or sagittal scan.
+    (``isal.igzip``, :data:`GZIP_LEVEL`): a standard gzip stream, seven times faster than the
+    zlib nibabel would use (0.3 s instead of 2.0 s for a 137 MB head CT map). Written with
+    nibabel directly: MONAI's ``NibabelWriter`` takes 3D data for 2D and fails when the affine's
+    top-left 2 x 2 block is singular, as for every coronal or sagittal scan.
 
     Args:
         volume: ``(X, Y, Z)`` array.
@@ -123,8 +123,9 @@ def write_seg_nrrd(
     if not path.name.lower().endswith(".seg.nrrd"):
         raise ValueError(f"Slicer segmentation path must end in .seg.nrrd, got {path.name!r}.")
     check_color(color)
-    labels = np.empty(spatial_volume(mask).shape[::-1], dtype=bool)  # (Z, Y, X), SimpleITK's order
-    np.not_equal(spatial_volume(mask).transpose(2, 1, 0), 0, out=labels)  # one pass, one copy, any layout
+    volume = spatial_volume(mask)
+    labels = np.empty(volume.shape[::-1], dtype=bool)  # (Z, Y, X), SimpleITK's order
+    np.not_equal(volume.transpose(2, 1, 0), 0, out=labels)  # one pass, one copy, whatever the mask's layout
     lps = orientation_ras_lps(affine_matrix(affine))
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(labels.view(np.uint8))
