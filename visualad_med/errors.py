@@ -7,8 +7,8 @@ class SettingError(ValueError):
     """A setting that cannot work.
 
     ``setting`` is the library's name of it (``image_size``, ``taps``, ``planes``, ``window``,
-    ``batch_size``, ``scoring``, ``map_reference``, ``input``, ``output``); the command line turns it
-    into a flag, the bundle into a config key. The message says what is wrong, in no front-end's words.
+    ``batch_size``, ``scoring``, ``map_reference``, ``input``, ``output``, ``synthetic``,
+    ``augment``); the command line turns it into a flag, the bundle into a config key. The message says what is wrong, in no front-end's words.
     """
 
     def __init__(self, setting: str, message: str):

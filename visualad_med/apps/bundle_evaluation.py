@@ -104,7 +104,7 @@ class LabelledSetEvaluator:
                                overlays=self.overlays, device=resolve_device(self.device), num_workers=self.workers,
                                head=getattr(self.network, "head_path", None), command=command_line().split(" "))
         except ValueError as error:
-            key = "batch_size" if "batch_size" in str(error) else "dataset_dir"
+            key = "batch_size" if getattr(error, "setting", None) == "batch_size" else "dataset_dir"
             raise BundleConfigError(key, f"{error}; set --{key}") from None
         logger.info("results (%.1f s):\n%s", time.perf_counter() - started, markdown_table(results))
         return results

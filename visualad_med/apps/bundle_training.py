@@ -82,7 +82,7 @@ def auxiliary_set(network: VisualAD, dataset, synthetic: str | None = None, synt
                                    synthetic_sources=synthetic_source or (), synthetic_bases=synthetic_base or (),
                                    augment=augment, augment_probability=augment_probability, seed=seed)
     except ValueError as error:
-        key = "augment" if "augment" in str(error) else "synthetic"
+        key = "augment" if getattr(error, "setting", None) == "augment" else "synthetic"
         raise BundleConfigError(key, f"{error}; set --{key}, --{key}_probability"
                                 + (", --synthetic_source, --synthetic_base" if key == "synthetic" else "")) from None
 

@@ -57,8 +57,6 @@ def write_model_pt(bundle_root: str | Path) -> Path:
     """Write ``<bundle_root>/models/model.pt`` from ``<bundle_root>/models/visualad_head.safetensors``."""
     bundle_root = Path(bundle_root)
     target = bundle_root / MODEL_PT
-    if target.name != "model.pt":  # the archive's inner folder is named after the file; the bytes depend on it
-        raise ValueError(f"model.pt must be written as model.pt, not {target.name}")
     torch.save(zoo_state_dict(bundle_root / HEAD), target)
     return target
 

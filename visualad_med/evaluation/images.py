@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from visualad_med.datasets import AnomalyDataset, build_dataset
+from visualad_med.errors import SettingError
 from visualad_med.model.cohort import CohortSettings
 from .image_scoring import _ClassTally, _run
 from .metrics import CurvePoints
@@ -219,9 +220,8 @@ def evaluate(
             a data set at another image size, a batch size below 1, or no readable image.
     """
     if batch_size < 1 or num_workers < 0 or overlays < 0:
-        raise ValueError(
-            f"batch_size must be >= 1 and num_workers, overlays >= 0; got {batch_size}, {num_workers}, {overlays}"
-        )
+        raise SettingError("batch_size", f"batch_size must be >= 1 and num_workers, overlays >= 0; got {batch_size}, "
+                           f"{num_workers}, {overlays}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     device = resolve_device(device) if isinstance(device, str) else device

@@ -149,7 +149,7 @@ def stored_map(result: ScanResult) -> np.ndarray:
     if bool(result.ran.all()) or not bool(result.ran.any()):
         return anomaly
     ran = result.ran.numpy()
-    return np.where(ran, anomaly, anomaly[ran].min())
+    return np.where(ran, anomaly, np.min(anomaly, where=ran, initial=np.inf))  # no copy of the run voxels
 
 
 def _write_series_seg(scan: Scan, mask: np.ndarray, path: Path) -> None:

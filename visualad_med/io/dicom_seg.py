@@ -106,7 +106,7 @@ def write_dicom_seg(
     sources = _with_frame_of_reference(source_datasets)
     volume = hd.Volume(
         array=np.ascontiguousarray(labels.transpose(2, 1, 0)),  # (Z, Y, X): frames, rows, columns
-        affine=_frame_row_columnaffine_matrix(affine_matrix(affine)),
+        affine=_frame_row_column_affine(affine_matrix(affine)),
         coordinate_system="PATIENT",
         frame_of_reference_uid=sources[0].FrameOfReferenceUID,
     )
@@ -151,7 +151,7 @@ def _segment(label: str, color: tuple[float, float, float], algorithm_name: str,
     )
 
 
-def _frame_row_columnaffine_matrix(affine: np.ndarray) -> np.ndarray:
+def _frame_row_column_affine(affine: np.ndarray) -> np.ndarray:
     """``(4, 4)`` LPS affine of the ``(Z, Y, X)`` transpose of a grid, from its ``(X, Y, Z)`` RAS affine.
 
     highdicom indexes a volume (frame, row, column); a grid's rows run along Y and its columns

@@ -37,11 +37,6 @@ class Quantised(NamedTuple):
     slope: np.float32
     inter: np.float32
 
-    @property
-    def max_error(self) -> float:
-        """The largest difference between a decoded and an input value: half a step."""
-        return float(self.slope) / 2
-
 
 def quantise_int16(values: np.ndarray) -> Quantised:
     """Quantise a finite float array over its own range onto int16 ``[-32767, 32767]``.
@@ -54,10 +49,10 @@ def quantise_int16(values: np.ndarray) -> Quantised:
         ValueError: ``values`` is empty or holds a NaN or infinite value.
     """
     values = np.asarray(values)
-    if values.size == 0 or not np.isfinite(values).all():
+    low, high = (float(values.min()), float(values.max())) if values.size else (np.nan, np.nan)
+    if not (np.isfinite(low) and np.isfinite(high)):  # min and max are NaN or infinite when any value is
         raise ValueError(f"only a non-empty finite array can be quantised, got shape {values.shape} with "
                          f"{int(np.size(values) - np.isfinite(values).sum())} non-finite values")
-    low, high = float(values.min()), float(values.max())
     inter = np.float32((low + high) / 2)
     slope = np.float32((high - low) / (2 * INT16_LIMIT)) if high > low else np.float32(1.0)
     while high > low and float(slope) * INT16_LIMIT < max(high - float(inter), float(inter) - low):

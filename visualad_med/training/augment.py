@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from visualad_med.errors import SettingError
+
 AUGMENTATIONS = ("invert", "shrinkpad")
 SHRINK_RANGE = (0.5, 0.9)
 _STREAM = 2  # independent of the synthetic-anomaly and mixing draws
@@ -34,7 +36,8 @@ def parse_augmentations(text: str) -> tuple[str, ...]:
     names = list(AUGMENTATIONS) if names == ["all"] else names
     unknown = [name for name in names if name not in AUGMENTATIONS]
     if unknown or not names:
-        raise ValueError(f"unknown augmentations {unknown or text!r}; valid: {', '.join(AUGMENTATIONS)}, all")
+        raise SettingError("augment",
+                           f"unknown augmentations {unknown or text!r}; valid: {', '.join(AUGMENTATIONS)}, all")
     return tuple(dict.fromkeys(names))
 
 
@@ -92,7 +95,7 @@ class AugmentedDataset(Dataset):
         seed: int = 0,
     ) -> None:
         if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"augmentation probability must be in [0, 1], got {probability}")
+            raise SettingError("augment", f"augmentation probability must be in [0, 1], got {probability}")
         self.base, self.kinds, self.probability, self.seed, self.epoch = base, tuple(kinds), probability, seed, 0
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)

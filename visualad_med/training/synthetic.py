@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from visualad_med.errors import SettingError
 from visualad_med.io.images import check_normalisation, image_to_tensor, list_images, mask_to_tensor, read_rgb
 from visualad_med.datasets.samples import READ_ERRORS, AnomalyDataset, SampleRecord, SkipCounter, skip_unreadable
 from .anomaly_kinds import SYNTHETIC_KINDS, make_anomaly
@@ -73,13 +74,15 @@ def parse_synthetic_spec(
     names = list(SYNTHETIC_KINDS) if names == ["all"] else names
     unknown = [k for k in names if k not in SYNTHETIC_KINDS]
     if unknown or not names:
-        raise ValueError(f"unknown synthetic kinds {unknown or kinds!r}; valid: {', '.join(SYNTHETIC_KINDS)}, all")
+        raise SettingError("synthetic",
+                           f"unknown synthetic kinds {unknown or kinds!r}; valid: {', '.join(SYNTHETIC_KINDS)}, all")
     if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"synthetic probability must be in [0, 1], got {probability}")
+        raise SettingError("synthetic", f"synthetic probability must be in [0, 1], got {probability}")
     for option, folders in (("source", sources), ("base", bases)):
         for folder in folders:
             if folder != SKIMAGE_SOURCE and not list_images(Path(folder)):
-                raise ValueError(f"synthetic {option} {folder!r} is neither {SKIMAGE_SOURCE!r} nor a folder with images")
+                raise SettingError("synthetic", f"synthetic {option} {folder!r} is neither {SKIMAGE_SOURCE!r} nor a "
+                                   "folder with images")
     return SyntheticSpec(tuple(dict.fromkeys(names)), float(probability), tuple(sources), tuple(bases))
 
 
@@ -250,7 +253,7 @@ class MixedAnomalyDataset(Dataset):
 
     def __init__(self, base: Dataset, synthetic: SyntheticAnomalyDataset, probability: float, seed: int = 0) -> None:
         if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"synthetic probability must be in [0, 1], got {probability}")
+            raise SettingError("synthetic", f"synthetic probability must be in [0, 1], got {probability}")
         self.base, self.synthetic, self.probability, self.seed, self.epoch = base, synthetic, probability, seed, 0
 
     @property
