@@ -471,3 +471,19 @@ def test_precision_is_chosen_recorded_and_barely_moves_the_map(tmp_path):
     assert infer(tmp_path / "in", tmp_path / "auto", "--no-preview") == 0
     auto = json.loads((tmp_path / "auto" / "scan_report.json").read_text())["model"]["precision"]
     assert auto == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+
+
+def test_resume_compares_the_precision_the_inferer_ran_not_the_settings_default(tmp_path):
+    """The bundle passes its own inferer: its precision, not RunSettings.precision, is what a rerun compares."""
+    from visualad_med.inference.folder import run_folder
+    from visualad_med.inference.settings import RunSettings
+
+    write_nifti_scan(tmp_path / "in" / "scan.nii.gz", np.random.default_rng(4).normal(100, 20, (ROWS, COLUMNS, SLICES)),
+                     np.eye(3))
+    model = build_model(tiny_vit(), image_size=32)
+    settings = RunSettings(progress=False, precision="fp32")
+    run = run_folder(model, find_scans(tmp_path / "in"), tmp_path / "out", settings,
+                     inferer=SliceInferer(progress=False, precision="bf16"))
+    assert run.scans.succeeded == 1
+    report = json.loads((tmp_path / "out" / "scan_report.json").read_text())
+    assert report["identity"]["settings"]["precision"] == report["model"]["precision"] == "bf16"

@@ -169,7 +169,7 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     if cohort is not None and cohort.applies_to(len(scans)):
         settings, maps = _prepare_cohort(model, list(scans), settings, cohort, inferer, out_dir)
 
-    run_key = settings_identity(model, settings, head_sha256)
+    run_key = settings_identity(model, settings, head_sha256, inferer.precision)
     identities: dict[str, dict] = {}
 
     def identity(source: ScanSource) -> dict:
@@ -319,7 +319,8 @@ def run_scans(
     rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
     suffix = "" if world == 1 else f"_rank{rank}"
     summary = write_summary_csv(rows, out_dir / f"summary{suffix}.csv", fieldnames=SUMMARY_FIELDS)
-    names = {name: {key: path.name for key, path in paths.items()} for name, paths in outputs.items()}
+    names = {name: {key: path.name for key, path in paths.items() if path.is_file()}  # a SEG left out: no link
+             for name, paths in outputs.items()}
     index = (write_run_index(rows, names, f"visualad-med infer: {where}", out_dir / f"index{suffix}.html",
                              summary.name) if preview else None)
     failed = sum(row["status"] != "ok" for row in rows)
@@ -333,8 +334,9 @@ def _resume(scans: list[ScanSource], outputs: dict[str, dict[str, Path]], overwr
     rows, todo = [], []
     for source in scans:
         try:
-            found = None if overwrite else _done_row(source, outputs[source.name],
-                                                     identity(source) if identity else None)
+            paths = outputs[source.name]
+            reported = not overwrite and paths["report"].is_file()  # no report: the scan is hashed when it is read
+            found = None if overwrite else _done_row(source, paths, identity(source) if identity and reported else None)
         except Exception as error:  # one scan's failure, whatever its kind, must not stop the run
             rows.append(_failed_row(source, error))
             continue

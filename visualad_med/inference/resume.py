@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 
 from visualad_med.io import ScanSource
-from visualad_med.model.devices import inference_precision
 from visualad_med.model.visualad import VisualAD
 
 from .settings import RunSettings
@@ -46,15 +45,19 @@ def input_identity(source: ScanSource) -> list[dict]:
     return identity
 
 
-def settings_identity(model: VisualAD, settings: RunSettings, head_sha256: str | None) -> dict:
-    """The settings of a run that change a scan's outputs, as JSON would give them back."""
+def settings_identity(model: VisualAD, settings: RunSettings, head_sha256: str | None, precision: str) -> dict:
+    """The settings of a run that change a scan's outputs, as JSON would give them back.
+
+    ``precision`` is the autocast the run's inferer resolved (``SliceInferer.precision``): the bundle
+    builds its inferer from its own key, so ``settings.precision`` may not be what runs.
+    """
     config = model.config
     key = {"head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,
            "image_size": config.image_size, "taps": list(config.taps), "scoring": model.settings.scoring,
            "selfsim_weight": model.settings.selfsim_weight, "map_reference": model.settings.map_reference,
            "planes": list(settings.planes), "window": settings.window, "threshold": settings.mask_threshold(model),
            "skip_empty": settings.skip_empty, "map_dtype": settings.map_dtype,
-           "precision": inference_precision(next(model.parameters()).device, settings.precision)}
+           "precision": precision}
     return json.loads(json.dumps(key))
 
 
