@@ -447,15 +447,6 @@ def test_torchrun_shards_a_folder_across_two_processes(tmp_path):
     assert not (out / "summary.csv").exists()
 
 
-def test_cohort_scoring_under_torchrun_is_refused_with_the_way_out(tmp_path, monkeypatch, caplog):
-    for k in range(2):
-        write_nifti_scan(tmp_path / "in" / f"scan{k}.nii.gz", np.full((ROWS, COLUMNS, SLICES), 100.0), np.eye(3))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    assert main(["infer", str(tmp_path / "in"), str(tmp_path / "out"), *MODEL[:-2]]) == 2  # default scoring
-    assert "runs in one process, not under torchrun (pass --scoring visualad" in caplog.text
-
-
 def test_precision_is_chosen_recorded_and_barely_moves_the_map(tmp_path):
     rng = np.random.default_rng(3)
     write_nifti_scan(tmp_path / "in" / "scan.nii.gz", rng.normal(100, 20, (ROWS, COLUMNS, SLICES)), np.eye(3))

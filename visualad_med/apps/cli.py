@@ -16,9 +16,10 @@ logger = logging.getLogger("visualad_med")
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
 SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
-               "scoring": " (pass --scoring visualad to score each scan by the head alone)"}
+               "scoring": " (pass --scoring visualad to score each scan by the head alone)",
+               "cohort_match": " (--cohort-match)"}
 """What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
-QUIET_LOGGERS = {"highdicom": logging.WARNING, "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR}
+QUIET_LOGGERS = {"highdicom": logging.WARNING, "faiss.loader": logging.WARNING, "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR}
 """Libraries' loggers raised to a level, unless ``--verbose``: highdicom's INFO lines (dozens per DICOM SEG, as
 the bundle's ``logging.conf`` silences them) and MONAI's notice that the nvImageCodec GPU decoder is absent."""
 QUIET_WARNINGS = ("NvImgCodecPydicomReader",)
@@ -46,7 +47,8 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
 
     return cohort_from_options(model, args.scoring, args.reference, args.reference_bank, Path(out_dir), run_settings,
                                resize, fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
-                               window=args.cohort_window)
+                               window=args.cohort_window, candidates=args.cohort_candidates, match=args.cohort_match,
+                               position_prior=args.cohort_prior)
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
@@ -71,7 +73,8 @@ def _run_settings(args: argparse.Namespace, **options):
     from visualad_med.inference.settings import RunSettings
 
     return RunSettings(planes=tuple(p.strip() for p in args.planes.split(",")), window=_window(args.window),
-                       batch_size=args.batch_size, threshold=args.threshold, precision=args.precision, **options)
+                       batch_size=args.batch_size, threshold=args.threshold, precision=args.precision,
+                       feature_store=args.feature_store, **options)
 
 
 def _head_sha256(args: argparse.Namespace) -> str | None:

@@ -53,9 +53,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "(visualad+mutual, unless --scoring mutual); the bank is saved as OUT/" + "reference_bank"
                        ".safetensors")
     group.add_argument("--reference-bank", default=None, help="few-shot: reuse a saved reference bank file")
+    group.add_argument("--cohort-candidates", type=int, default=None,
+                       help="mutual, volumes: K, the slices of other scans each slice is compared with: its K most "
+                       "similar by global descriptor, found with FAISS (default 32); the cost per slice is that "
+                       "of K comparisons whatever the number of scans")
+    group.add_argument("--cohort-match", default=None, choices=["anatomy", "position"],
+                       help="mutual, volumes: how candidate slices are chosen: anatomy (default: the K most similar "
+                       "slices of other scans) or position (the slices of every other scan near the same "
+                       "normalised position, see --cohort-window; cost grows with the number of scans)")
+    group.add_argument("--cohort-prior", type=float, default=None,
+                       help="mutual, volumes, anatomy: keep only candidates within this difference of normalised "
+                       "slice position (0..1; default: any position)")
     group.add_argument("--cohort-window", type=float, default=None,
-                       help="mutual, volumes: largest difference of normalised slice position between a slice and "
-                       "the slices of other scans it is compared with (default 0.05)")
+                       help="mutual, volumes, --cohort-match position (and reference banks): largest difference of "
+                       "normalised slice position between a slice and the slices it is compared with (default 0.05)")
     group.add_argument(
         "--map-reference",
         default=None,
@@ -90,6 +101,10 @@ def _add_volume_arguments(parser: argparse.ArgumentParser, scope: str, threshold
                         "other CPUs; bf16 moved the dev volumes' voxel AUROC/AP by at most 0.08 points from fp32 "
                         "(README); the report records what ran")
     parser.add_argument("--threshold", type=float, default=None, help=f"{scope}{threshold_help}")
+    parser.add_argument("--feature-store", default=None,
+                        help=f"{scope}cohort runs: folder of the feature store (each scan's slice features, half "
+                        "precision; default OUTPUT/.features); runs that share it reuse each other's features "
+                        "(torchrun across nodes: a folder on shared storage)")
 
 
 def _add_predict(commands: argparse._SubParsersAction) -> None:
@@ -154,11 +169,13 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
         "geometry, plus summary.csv sorted by scan score and index.html (the quick looks in that order, with links "
         "to every file). Slices without body are not run: the map file holds the map's minimum there. Two or "
         "more scans (one plane) are scored as a cohort by default: "
-        "each slice against the other scans' slices at the same position (--scoring mutual; --scoring visualad "
-        "for the head alone; every scan is then redone). Finished scans are skipped unless --overwrite: a scan is "
+        "each slice against its K most similar slices of other scans (--scoring mutual; --scoring visualad "
+        "for the head alone); each scan's slice features are kept in a feature store (OUTPUT/.features) that "
+        "later runs reuse. Finished scans are skipped unless --overwrite: a scan is "
         "finished when its report is of this version's schema, its outputs exist and it records the same input "
         "(each file's size and sha256 of its first 64 KiB; a file only touched is not redone) and the same "
-        "settings (head, backbone, scoring, planes, window, threshold, map dtype, precision); otherwise it is redone "
+        "settings (head, backbone, scoring, planes, window, threshold, map dtype, precision) and, in a cohort, the same "
+        "candidate slices (an added, removed or changed scan redoes the scans it is a candidate of); otherwise it is redone "
         "and the log says "
         "why. A failing scan is reported and the run goes on (exit code 1 if any failed). One run at a time per "
         "output folder: a run locks OUTPUT/.visualad_med.lock; a second run on the same OUTPUT is refused (exit "

@@ -1,200 +1,289 @@
-"""Cohort scoring of a folder of scans: every slice against the slices of the other scans at its position.
+"""Cohort scoring of a folder of scans: a stage between the slice inferer and the writers.
 
-Two passes over the scans, both through the ``infer`` path (:class:`~visualad_med.inference.slices.SliceInferer`):
+:meth:`CohortScoring.prepare` makes sure every scan of the run has its entry in the feature store
+(:mod:`visualad_med.inference.feature_store`): a scan without one is read, sliced and run through
+the model once (:meth:`~visualad_med.inference.slices.SliceInferer.extract`: its patch features and
+the head's patch scores), an entry made earlier under the same key (the scan's input and the
+settings that change features) is reused. Under ``torchrun`` each rank extracts its share of the
+scans, then every rank waits at a ``torch.distributed`` barrier. The candidates of every slice are
+then chosen over the whole store: its ``K`` nearest slices of other scans by global descriptor
+(:func:`~visualad_med.model.candidates.nearest_slices`, FAISS), or the slices near its position
+(``match="position"``, the earlier rule), or a reference bank.
 
-1. :meth:`CohortMaps.build` runs the model on every slice with body and keeps,
-   per slice, its patch features (half precision, in per-scan ``.npy`` files under
-   a temporary folder, so the cohort's features live on disk, not in memory), the
-   head's patch scores and its normalised position ``index / (slices - 1)``. It
-   then scores every slice against the slices of the *other* scans within
-   ``window`` of its position (:func:`~visualad_med.model.mutual.position_candidates`;
-   a run of one scan falls back to the same scan's slices at least 0.2 away and
-   says so in the reports) and fuses the result with the head's patch scores
-   (:func:`~visualad_med.model.cohort.fuse_patch_scores`).
-2. Writing: :meth:`CohortMaps.network_for` gives, for one scan, a stand-in for
-   the model that returns those fused maps slice by slice; the usual inferer
-   reassembles them into the volume and the usual writers write it, so outputs
-   keep the scan's geometry, file names and report.
-
-A scan that fails in the first pass is left out of the cohort and fails again,
-with its reason, when its outputs are written. Cohort runs use one plane and
-one process (no ``torchrun`` sharding: every scan needs every other).
+:meth:`CohortScoring.infer` then scores one scan: each slice against its candidates' features
+(memory-mapped from the store), grouped by scan (:func:`~visualad_med.model.mutual.grouped_scores`),
+fused with the head's patch scores and robust-standardised over the scan's own patches
+(:func:`~visualad_med.model.cohort.fuse_patch_scores`), and the patch maps are placed on the scan's
+grid by slice index (:meth:`~visualad_med.inference.slices.SliceInferer.assemble`). Each scan's
+standardisation is its own, so a scan's map depends on the rest of the cohort only through its
+candidates: a scan whose candidates did not change keeps its outputs when scans are added (the
+resume rule, :func:`candidate_identity`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
-import tempfile
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from tqdm import tqdm
 
-from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings, fuse_patch_scores
-from visualad_med.model.cohort import head_patch_scores
-from visualad_med.model.cohort import patch_maps
-from .slices import SliceInferer, slice_preprocessing
-from visualad_med.model.torch_model import VisualAD, top_fraction_mean
-from visualad_med.model.mutual import cohort_scores, position_candidates, stack_features
-from visualad_med.model.reference_bank import ReferenceBank
 from visualad_med.io import ScanLoadError, ScanSource, load_scan
+from visualad_med.model.candidates import SliceCandidates, nearest_slices
+from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings
+from visualad_med.model.cohort import fuse_patch_scores, patch_maps
+from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates
+from visualad_med.model.reference_bank import ReferenceBank
+from visualad_med.model.torch_model import VisualAD, top_fraction_mean
+
+from .distributed import barrier, rank_world
+from .feature_store import FeatureStore, ScanFeatures, feature_key
+from .resume import input_identity
+from .scan import LoadedScan, ScanResult, finish_scan
+from .settings import RunSettings
+from .slices import SliceInferer, slice_preprocessing
 
 logger = logging.getLogger(__name__)
 
-
-class _FeatureCollector(nn.Module):
-    """Stands in for the model in pass 1: runs it, keeps features and head patch scores of each batch."""
-
-    def __init__(self, model: VisualAD, layers: tuple[int, ...]):
-        super().__init__()
-        self.model, self.layers, self.config = model, layers, model.config
-        self.features: list[np.ndarray] = []
-        self.head: list[torch.Tensor] = []
-
-    def forward(self, images: torch.Tensor) -> dict:
-        outputs = self.model(images, feature_layers=self.layers)
-        self.features.append(stack_features(outputs["features"]).cpu().numpy())
-        self.head.append(head_patch_scores(outputs).cpu())
-        return outputs
+LOAD_ERRORS = (ScanLoadError, ValueError, OSError, RuntimeError)
 
 
-class _FusedMaps(nn.Module):
-    """Stands in for the model in pass 2: the fused maps of one scan's slices, in the order they are asked for."""
-
-    def __init__(self, model: VisualAD, patch_scores: torch.Tensor, name: str):
-        super().__init__()
-        self.model, self.config, self.patch_scores, self.name, self.served = model, model.config, patch_scores, name, 0
-
-    def forward(self, images: torch.Tensor) -> dict:
-        count = images.shape[0]
-        if self.served + count > self.patch_scores.shape[0]:
-            raise RuntimeError(f"{self.name}: the scan changed between the two cohort passes")
-        rows = self.patch_scores[self.served:self.served + count].to(images.device)
-        self.served += count
-        maps = patch_maps(self.model, rows, images.float())
-        return {"map": maps, "score": top_fraction_mean(maps)}
+def feature_settings(model: VisualAD, settings: RunSettings, inferer: SliceInferer, head_sha256: str | None,
+                     layers: tuple[int, ...]) -> dict:
+    """The settings that change a scan's stored features (its store key, with the scan's input)."""
+    config = model.config
+    return {"head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,
+            "image_size": config.image_size, "taps": list(config.taps), "layers": list(layers),
+            "plane": inferer.planes[0], "window": settings.window, "skip_empty": inferer.skip_empty,
+            "precision": inferer.precision}
 
 
-class _ScanFeatures:
-    """The features of every scan of the cohort, one memory-mapped file per scan, indexed as one ``(M, T, N, D)``."""
-
-    def __init__(self, files: list[Path]):
-        self.parts = [np.load(path, mmap_mode="r") for path in files]
-        self.offsets = np.cumsum([0] + [part.shape[0] for part in self.parts])
-        self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:])
-
-    def __getitem__(self, index: int | list[int]) -> torch.Tensor:
-        single = isinstance(index, int)
-        rows = []
-        for i in ([index] if single else index):
-            part = int(np.searchsorted(self.offsets, i, side="right")) - 1
-            rows.append(self.parts[part][i - self.offsets[part]])
-        stacked = torch.from_numpy(np.stack(rows))
-        return stacked[0] if single else stacked
+def extract_scan(model: VisualAD, scan, inferer: SliceInferer, layers: tuple[int, ...]) -> ScanFeatures:
+    """A loaded scan's store entry (its slices run through the model once); raises when no slice has body."""
+    if len(inferer.planes) != 1:
+        raise ValueError(f"cohort and reference scoring run on one plane, got {list(inferer.planes)}")
+    window = (scan.window.low, scan.window.high)
+    extracted = inferer.extract(scan.volume, model, slice_preprocessing(model.config, window), layers)
+    if not extracted.indices.size:
+        raise ValueError("no slice with body")
+    features = torch.from_numpy(extracted.features)
+    descriptors = global_descriptors(features).numpy()
+    return ScanFeatures(scan.source.name, "", extracted.features, extracted.head, descriptors, extracted.indices,
+                        extracted.length)
 
 
 @dataclass
-class PassOne:
-    """What the first pass keeps of each scan that worked: names, feature files, per-slice keys, head scores."""
+class CohortScoring:
+    """The cohort of a run, once every scan has its store entry (see the module docstring).
 
-    names: list[str] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-    scan_of: list[int] = field(default_factory=list)
-    position: list[float] = field(default_factory=list)
-    head: list[torch.Tensor] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+    Attributes:
+        model: the run's model.
+        settings: the cohort's settings.
+        entries: store entries of the scans that could be run, in the run's scan order.
+        failed: why each other scan could not be run.
+        inputs: each scan's input identity (:func:`~visualad_med.inference.resume.input_identity`).
+        candidates: every slice's candidates (``None`` with a reference bank).
+        store: the feature store.
+    """
 
-
-def collect_features(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
-                     folder: Path, window: str | tuple[float, float] = "auto") -> PassOne:
-    """Run every scan's slices with body through the model (scans windowed by ``window``); features go to
-    ``folder/<k>.npy``."""
-    if len(inferer.planes) != 1:
-        raise ValueError(f"cohort and reference scoring run on one plane, got {list(inferer.planes)}")
-    kept = PassOne()
-    for source in scans:
-        collector = _FeatureCollector(model, layers)
-        try:
-            scan = load_scan(source, window=window)
-            scores = inferer(scan.volume, collector,
-                             slice_preprocessing(model.config, (scan.window.low, scan.window.high))).scores
-        except (ScanLoadError, ValueError, OSError, RuntimeError) as error:
-            kept.failed[source.name] = getattr(error, "reason", str(error))
-            logger.warning("%s: left out of the cohort: %s", source.name, kept.failed[source.name])
-            continue
-        run = [k for k, score in enumerate(scores.scores) if score is not None]
-        if not run:
-            kept.failed[source.name] = "no slice with body"
-            continue
-        length = max(1, len(scores.scores) - 1)
-        kept.files.append(folder / f"{len(kept.files)}.npy")
-        np.save(kept.files[-1], np.concatenate(collector.features))
-        kept.names.append(source.name)
-        kept.scan_of += [len(kept.names) - 1] * len(run)
-        kept.position += [k / length for k in run]
-        kept.head.append(torch.cat(collector.head))
-    return kept
-
-
-def bank_from_scans(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
-                    work_dir: Path, window: str | tuple[float, float] = "auto") -> ReferenceBank:
-    """A reference bank of every slice with body of a few normal scans, with their positions."""
-    with tempfile.TemporaryDirectory(prefix=".reference_", dir=work_dir) as folder:
-        kept = collect_features(model, scans, inferer, layers, Path(folder), window)
-        if not kept.names:
-            raise ValueError(f"no usable reference scan among {len(scans)}: {kept.failed}")
-        features = torch.cat([torch.from_numpy(np.load(path)) for path in kept.files])
-    return ReferenceBank(features, torch.tensor(kept.position, dtype=torch.float32), layers, model.image_size,
-                         model.config.weights_sha256, [str(s.path) for s in scans if s.name in kept.names],
-                         VOLUME_RESIZE)
-
-
-class CohortMaps:
-    """The fused patch scores of every slice of a cohort of scans, ready to be written scan by scan."""
-
-    def __init__(self, model: VisualAD, settings: CohortSettings, fused: dict[str, torch.Tensor], fallback: bool,
-                 failed: dict[str, str]):
-        self.model, self.settings, self.fused, self.fallback, self.failed = model, settings, fused, fallback, failed
+    model: VisualAD
+    settings: CohortSettings
+    entries: dict[str, ScanFeatures]
+    failed: dict[str, str]
+    inputs: dict[str, list[dict]]
+    candidates: SliceCandidates | None
+    store: FeatureStore
 
     @classmethod
-    def build(cls, model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, settings: CohortSettings,
-              work_dir: Path, window: str | tuple[float, float] = "auto") -> CohortMaps:
-        """Pass 1 over ``scans`` (windowed by ``window``) and the cohort (or reference-bank) scoring (see the
-        module docstring)."""
-        layers = settings.feature_layers(model)
-        with tempfile.TemporaryDirectory(prefix=".cohort_", dir=work_dir) as folder:
-            pass_one = collect_features(model, scans, inferer, layers, Path(folder), window)
-            if not pass_one.names:
-                return cls(model, settings, {}, False, pass_one.failed)
-            features = _ScanFeatures(pass_one.files)
-            fallback = False
-            if settings.bank is not None:
-                settings.bank.check_fits(model, layers, VOLUME_RESIZE)
-                compared = settings.bank.scores(features, torch.tensor(pass_one.position), settings.window)
+    def prepare(cls, model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
+                inferer: SliceInferer, store: FeatureStore, head_sha256: str | None) -> CohortScoring:
+        """Extract what the store lacks (this rank's share), wait for the other ranks, choose candidates."""
+        layers = cohort.feature_layers(model)
+        if cohort.bank is not None:
+            cohort.bank.check_fits(model, layers, VOLUME_RESIZE)
+        fixed = feature_settings(model, settings, inferer, head_sha256, layers)
+        inputs, keys = {}, {}
+        for source in scans:
+            try:
+                inputs[source.name] = input_identity(source)
+            except OSError as error:
+                inputs[source.name] = []
+                logger.warning("%s: cannot be read (%s)", source.path, error)
+            keys[source.name] = feature_key(inputs[source.name], fixed)
+        rank, world = rank_world()
+        missing = [s for s in scans[rank::world] if store.load(s.name, keys[s.name]) is None
+                   and store.failure(s.name, keys[s.name]) is None]
+        reused = len(scans[rank::world]) - len(missing)
+        if reused:
+            logger.info("feature store %s: %d scan(s) reused, %d to extract", store.folder, reused, len(missing))
+        _extract_missing(model, missing, settings, inferer, layers, store, keys)
+        barrier()
+        entries, failed = {}, {}
+        for source in scans:
+            entry = store.load(source.name, keys[source.name])
+            if entry is not None:
+                entries[source.name] = entry
             else:
-                candidates, fallback = position_candidates(pass_one.scan_of, pass_one.position, settings.window,
-                                                           settings.per_scan)
-                if fallback:
-                    logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices "
-                                   "at least 0.2 of its length away", pass_one.names[0])
-                compared = cohort_scores(features, candidates, settings.fraction, progress=inferer.progress)
-            del features
-        fused = fuse_patch_scores(settings.scoring, torch.cat(pass_one.head), compared)
-        counts = [len(h) for h in pass_one.head]
-        return cls(model, settings, dict(zip(pass_one.names, fused.split(counts))), fallback, pass_one.failed)
+                failed[source.name] = store.failure(source.name, keys[source.name]) or "no features in the store"
+        candidates = None
+        if cohort.bank is None and entries:
+            candidates = _choose_candidates(list(entries.values()), cohort)
+            if candidates.fallback_same_scan:
+                logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices at "
+                               "least 0.2 of its length away", next(iter(entries)))
+        return cls(model, cohort, entries, failed, inputs, candidates, store)
 
-    def network_for(self, source: ScanSource) -> nn.Module:
-        """The stand-in model that serves ``source``'s fused maps; raises for a scan left out of the cohort."""
-        if source.name not in self.fused:
-            raise ScanLoadError(source.path, f"left out of the cohort: {self.failed.get(source.name, 'not found')}")
-        return _FusedMaps(self.model, self.fused[source.name], source.name)
+    @functools.cached_property
+    def _slice_table(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Scan names, and for every cohort slice its scan number and array index (cohort order)."""
+        names = list(self.entries)
+        scan_of = np.concatenate([np.full(len(e.indices), k) for k, e in enumerate(self.entries.values())])
+        index = np.concatenate([e.indices for e in self.entries.values()])
+        return names, scan_of, index
+
+    @functools.cached_property
+    def _offsets(self) -> dict[str, int]:
+        """The cohort index of each scan's first slice."""
+        counts = [len(entry.indices) for entry in self.entries.values()]
+        return dict(zip(self.entries, np.cumsum([0] + counts[:-1]).tolist()))
+
+    def identity(self, name: str) -> dict:
+        """What a scan's outputs depend on in the cohort: the settings and its candidates (per slice: scan
+        key and slice index), as its report records them (:func:`candidate_identity`)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return {}
+        describe = self.settings.describe(self.model)
+        if self.candidates is None:
+            return candidate_identity(describe, {"bank": self.settings.bank_file}, [])
+        names, scan_of, index = self._slice_table
+        start = self._offsets[name]
+        digests = [self.entries[n].digest for n in names]
+        rows, used = [], set()
+        for k in range(len(entry.indices)):
+            chosen = self.candidates.of(start + k)
+            rows.append([(digests[scan_of[j]], int(index[j])) for j in chosen])
+            used.update(names[scan_of[j]] for j in chosen)
+        return candidate_identity(describe, rows, sorted(used))
+
+    def infer(self, loaded: LoadedScan, settings: RunSettings, inferer: SliceInferer, begun: float) -> ScanResult:
+        """Score one scan against its candidates and place its maps on its grid (see the module docstring)."""
+        name = loaded.scan.source.name
+        if name not in self.entries:
+            raise ScanLoadError(loaded.scan.source.path, f"left out of the cohort: {self.failed.get(name)}")
+        entry = self.entries[name]
+        fused = fuse_patch_scores(self.settings.scoring, torch.from_numpy(entry.head), self.compared(name))
+        row_of = {int(index): row for row, index in enumerate(entry.indices)}
+        model = self.model
+
+        def step(images: torch.Tensor, indices: torch.Tensor) -> dict:
+            missing = [int(i) for i in indices if int(i) not in row_of]
+            if missing:
+                raise RuntimeError(f"{name}: slices {missing[:5]} have body now but no stored features; the scan "
+                                   "changed since its features were stored")
+            rows = fused[[row_of[int(i)] for i in indices]]
+            with torch.inference_mode():
+                maps = patch_maps(model, rows, images)
+            return {"map": maps, "score": top_fraction_mean(maps)}
+
+        scan = loaded.scan
+        maps = inferer.assemble(scan.volume, step, model.config.image_size,
+                                slice_preprocessing(model.config, (scan.window.low, scan.window.high)))
+        return finish_scan(model, loaded, settings, maps, begun)
+
+    def compared(self, name: str) -> torch.Tensor:
+        """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices."""
+        entry = self.entries[name]
+        query = torch.from_numpy(np.array(entry.features))
+        if self.candidates is None:
+            return self.settings.bank.scores(query, torch.from_numpy(entry.positions).float(), self.settings.window)
+        names, scan_of, index = self._slice_table
+        offsets = self._offsets
+        start = offsets[name]
+        scores = torch.zeros(query.shape[0], query.shape[2])
+        for k in range(query.shape[0]):
+            chosen = self.candidates.of(start + k)
+            if not chosen.size:
+                continue
+            references = torch.from_numpy(np.stack([
+                np.asarray(self.entries[names[scan_of[j]]].features[j - offsets[names[scan_of[j]]]]) for j in chosen]))
+            scores[k] = grouped_scores(query[k], references, scan_of[chosen].tolist(), self.settings.fraction)
+        return scores
 
     def report(self) -> dict:
         """What every scan's report records about the cohort."""
-        return {**self.settings.describe(self.model), "scans": len(self.fused), "fallback_same_scan": self.fallback,
-                "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the cohort's patch scores"}
+        return {**self.settings.describe(self.model), "scans": len(self.entries),
+                "fallback_same_scan": bool(self.candidates is not None and self.candidates.fallback_same_scan),
+                "feature_store": str(self.store.folder),
+                "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the scan's patch scores"}
+
+
+def candidate_identity(settings: dict, rows: object, scans: list[str]) -> dict:
+    """A scan's cohort identity: the cohort settings, the sha256 of its candidates (per slice, each
+    candidate's scan key and slice index) and the names of the scans they come from."""
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return json.loads(json.dumps({"settings": settings, "candidates_sha256": digest, "candidate_scans": scans}))
+
+
+def _choose_candidates(entries: list[ScanFeatures], cohort: CohortSettings) -> SliceCandidates:
+    """Every slice's candidates in cohort order, by descriptor (``anatomy``) or by position."""
+    scan_of = np.concatenate([np.full(len(e.indices), k) for k, e in enumerate(entries)])
+    position = np.concatenate([e.positions for e in entries])
+    if cohort.match == "position":
+        groups, fallback = position_candidates(scan_of.tolist(), position.tolist(), cohort.window, cohort.per_scan)
+        rows = [[j for group in groups(i) for j in group] for i in range(len(scan_of))]
+        width = max(1, max(len(row) for row in rows))
+        table = np.full((len(rows), width), -1, dtype=np.int64)
+        for i, row in enumerate(rows):
+            table[i, :len(row)] = row
+        return SliceCandidates(table, fallback)
+    descriptors = np.concatenate([e.descriptors for e in entries])
+    return nearest_slices(descriptors, scan_of, position, cohort.candidates, cohort.position_prior)
+
+
+def _extract_missing(model: VisualAD, sources: list[ScanSource], settings: RunSettings, inferer: SliceInferer,
+                     layers: tuple[int, ...], store: FeatureStore, keys: dict[str, dict]) -> None:
+    """Read (one scan ahead, in a reader thread) and extract every scan of ``sources`` into ``store``."""
+    def load(source: ScanSource):
+        return load_scan(source, window=settings.window)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
+        loading = reader.submit(load, sources[0]) if sources else None
+        for k, source in enumerate(tqdm(sources, desc="features", unit="scan", disable=not settings.progress)):
+            current, loading = loading, reader.submit(load, sources[k + 1]) if k + 1 < len(sources) else None
+            try:
+                entry = extract_scan(model, current.result(), inferer, layers)
+            except LOAD_ERRORS as error:
+                reason = getattr(error, "reason", str(error))
+                logger.warning("%s: left out of the cohort: %s", source.name, reason)
+                store.save_failure(source.name, keys[source.name], reason)
+                continue
+            store.save(entry, keys[source.name])
+
+
+def bank_from_scans(model: VisualAD, scans: list[ScanSource], inferer: SliceInferer, layers: tuple[int, ...],
+                    window: str | tuple[float, float] = "auto") -> ReferenceBank:
+    """A reference bank of every slice with body of a few normal scans, with their positions."""
+    features, positions, used = [], [], []
+    for source in scans:
+        try:
+            entry = extract_scan(model, load_scan(source, window=window), inferer, layers)
+        except LOAD_ERRORS as error:
+            logger.warning("%s: reference scan left out: %s", source.name, getattr(error, "reason", str(error)))
+            continue
+        features.append(torch.from_numpy(entry.features))
+        positions.append(torch.from_numpy(entry.positions).float())
+        used.append(str(source.path))
+    if not features:
+        raise ValueError(f"no usable reference scan among {len(scans)}")
+    return ReferenceBank(torch.cat(features), torch.cat(positions), layers, model.image_size,
+                         model.config.weights_sha256, used, VOLUME_RESIZE)
 
 
 BANK_FILE = "reference_bank.safetensors"
@@ -265,4 +354,4 @@ def _bank_from_folder(model: VisualAD, folder: Path, layers: tuple[int, ...], ou
     if not scans:
         raise ValueError(f"reference {folder}: no scans (DICOM series, .nii/.nii.gz, .nrrd, .mha/.mhd)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return bank_from_scans(model, scans, run_settings.inferer(model), layers, out_dir, run_settings.window)
+    return bank_from_scans(model, scans, run_settings.inferer(model), layers, run_settings.window)

@@ -11,8 +11,9 @@ their quick looks and links to their files. Work overlaps across scans: the next
 while the model runs on the current one, and the previous scan's outputs are written meanwhile (at
 most one scan reading, one in the model, one writing, so memory stays that of three scans). Under
 ``torchrun`` each process takes every ``WORLD_SIZE``-th scan. A cohort run
-(:mod:`visualad_med.inference.cohort`) scores every scan against the others and redoes them all,
-in one process.
+(:mod:`visualad_med.inference.cohort`) first makes sure every scan has its features in the store
+(each rank its share, then a barrier), then scores and writes scan by scan like a plain run; a
+finished scan is skipped when its cohort candidates did not change either.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from visualad_med.io.run_index import write_run_index
 from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
 from visualad_med.model.visualad import VisualAD
 
-from .cohort import CohortMaps
+from .cohort import CohortScoring
+from .distributed import rank_world
+from .feature_store import STORE_FOLDER, FeatureStore
 from .scan import LoadedScan, ScanResult, infer_scan, load_for_run, output_paths, write_scan_outputs
 from .resume import input_identity, settings_identity, why_not_done
 from .settings import RunSettings
@@ -104,7 +107,7 @@ class FolderRun:
     Attributes:
         scans: what :func:`run_scans` did and wrote (counts, summary, index, best-scoring scan).
         threshold: the threshold on the maps that made the masks.
-        cohort: what the reports record of the cohort (:meth:`CohortMaps.report`), ``None`` for a plain run.
+        cohort: what the reports record of the cohort (:meth:`CohortScoring.report`), ``None`` for a plain run.
     """
 
     scans: ScansWritten
@@ -154,7 +157,7 @@ def run_folder(
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with lock_output_folder(out_dir, *_rank_world()):
+    with lock_output_folder(out_dir, *rank_world()):
         remove_stale_temporaries(out_dir, older_than=started)
         return _run_folder_locked(model, scans, out_dir, settings, head_sha256, cohort, inferer, after_scan, where)
 
@@ -165,9 +168,14 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     """:func:`run_folder` once the output folder is locked."""
     model.eval()
     inferer = inferer or settings.inferer(model)
-    maps = None
+    scoring = None
     if cohort is not None and cohort.applies_to(len(scans)):
-        settings, maps = _prepare_cohort(model, list(scans), settings, cohort, inferer, out_dir)
+        if settings.threshold is None:
+            settings = replace(settings, threshold=COHORT_THRESHOLD)
+        store = FeatureStore(Path(settings.feature_store) if settings.feature_store else out_dir / STORE_FOLDER)
+        if store.folder.is_dir():
+            remove_stale_temporaries(store.folder, older_than=time.time())
+        scoring = CohortScoring.prepare(model, list(scans), settings, cohort, inferer, store, head_sha256)
 
     run_key = settings_identity(model, settings, head_sha256, inferer.precision)
     identities: dict[str, dict] = {}
@@ -175,47 +183,37 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     def identity(source: ScanSource) -> dict:
         """The scan's identity, hashed once: by the resume check, else before the scan is read."""
         if source.name not in identities:
-            identities[source.name] = {"input": input_identity(source), "settings": run_key}
+            known = scoring.inputs.get(source.name) if scoring is not None else None
+            identities[source.name] = {"input": known if known is not None else input_identity(source),
+                                       "settings": run_key}
+            if scoring is not None:
+                identities[source.name]["cohort"] = scoring.identity(source.name)
         return identities[source.name]
 
     def load(source: ScanSource) -> LoadedScan:
         identity(source)
+        if scoring is not None and source.name in scoring.failed:
+            raise ScanLoadError(source.path, f"left out of the cohort: {scoring.failed[source.name]}")
         return load_for_run(source, settings)
 
     def infer(loaded: LoadedScan) -> ScanResult:
-        network = maps.network_for(loaded.scan.source) if maps is not None else None
-        return infer_scan(model, loaded, settings, inferer, network)
+        if scoring is not None:
+            return scoring.infer(loaded, settings, inferer, time.perf_counter())
+        return infer_scan(model, loaded, settings, inferer)
 
     def write(result: ScanResult) -> dict:
-        extra = {**(cohort_report(maps, settings) or {}), "identity": identities.pop(result.scan.source.name)}
+        extra = {**(cohort_report(scoring, settings) or {}), "identity": identities.pop(result.scan.source.name)}
         report = write_scan_outputs(model, result, out_dir, settings, head_sha256, extra)
         if after_scan is not None:
             after_scan(result, report)
         return report
 
-    written = run_scans(list(scans), out_dir, ScanSteps(load, infer, write),
-                        overwrite=settings.overwrite or maps is not None, progress=settings.progress, where=where,
-                        identity=identity, preview=settings.preview)
-    return FolderRun(written, settings.mask_threshold(model), None if maps is None else maps.report())
+    written = run_scans(list(scans), out_dir, ScanSteps(load, infer, write), overwrite=settings.overwrite,
+                        progress=settings.progress, where=where, identity=identity, preview=settings.preview)
+    return FolderRun(written, settings.mask_threshold(model), None if scoring is None else scoring.report())
 
 
-def _rank_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (``torchrun``'s ``RANK`` and ``WORLD_SIZE``)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _prepare_cohort(model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
-                    inferer: SliceInferer, work_dir: Path) -> tuple[RunSettings, CohortMaps]:
-    """The settings (cohort threshold unless the user's) and fused maps of a cohort run."""
-    if _rank_world()[1] > 1:
-        raise SettingError("scoring", "cohort scoring compares every scan with every other and runs in one process, "
-                           "not under torchrun")
-    if settings.threshold is None:
-        settings = replace(settings, threshold=COHORT_THRESHOLD)
-    return settings, CohortMaps.build(model, scans, inferer, cohort, work_dir, settings.window)
-
-
-def cohort_report(cohort: CohortMaps | None, settings: RunSettings) -> dict | None:
+def cohort_report(cohort: CohortScoring | None, settings: RunSettings) -> dict | None:
     """The report keys of a cohort run (``None`` for a plain run)."""
     if cohort is None:
         return None
@@ -309,7 +307,7 @@ def run_scans(
     if not scans:
         logger.error("no scans found under %s (%s)", where, SCAN_KINDS)
         return ScansWritten(0, 1, out_dir / "summary.csv")
-    rank, world = _rank_world()
+    rank, world = rank_world()
     total, scans = len(scans), scans[rank::world]
     if not scans:
         logger.info("rank %d of %d: no scan left for this process (%d scans in all)", rank, world, total)

@@ -10,7 +10,10 @@ a gzip stream). Its modification time is recorded but not compared: a file only 
 without keeping times, is not redone; a file replaced by other content is, as soon as its size or
 its first 64 KiB differ. The settings are those that change the outputs: the head's sha256, the
 backbone and its weights, image size, taps, scoring, map reference, planes, window, threshold,
-the map's storage type and the precision the model runs at.
+the map's storage type and the precision the model runs at. A scan of a cohort run also records
+its cohort settings and its candidates (per slice, each candidate's scan key and slice index):
+it is redone when they change, e.g. when an added scan's slices become its candidates, or a
+candidate scan is removed or changed.
 """
 
 from __future__ import annotations
@@ -85,10 +88,29 @@ def why_not_done(paths: dict[str, Path], identity: dict | None) -> tuple[dict | 
     if identity is not None:
         recorded = report.get("identity") or {}
         change = _input_change(recorded.get("input"), identity["input"]) or _settings_change(
-            recorded.get("settings"), identity["settings"])
+            recorded.get("settings"), identity["settings"]) or _cohort_change(recorded.get("cohort"),
+                                                                              identity.get("cohort"))
         if change:
             return None, f"no longer matches: {change}; redoing the scan"
     return report, None
+
+
+def _cohort_change(recorded: object, now: dict | None) -> str | None:
+    """How a cohort scan's settings or candidates changed (scans added, gone or changed), ``None`` if not."""
+    if now is None:
+        return None if recorded is None else "it was scored in a cohort, this run scores it alone"
+    if not isinstance(recorded, dict):
+        return "it was not scored in a cohort"
+    change = _settings_change(recorded.get("settings"), now["settings"])
+    if change:
+        return f"cohort {change}"
+    if recorded.get("candidates_sha256") == now["candidates_sha256"]:
+        return None
+    then, scans = set(recorded.get("candidate_scans") or []), set(now["candidate_scans"])
+    added, gone = sorted(scans - then), sorted(then - scans)
+    parts = [f"{label} {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+             for label, names in (("now also from", added), ("no longer from", gone)) if names]
+    return f"its cohort candidates changed ({'; '.join(parts) or 'other slices of the same scans, or a scan changed'})"
 
 
 def _input_change(recorded: object, now: list[dict]) -> str | None:

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from visualad_med import __version__
 from visualad_med.io import (Scan, ScanSource, dicom_seg_problem, load_scan, write_dicom_seg, write_json, write_nifti,
@@ -44,7 +43,7 @@ from visualad_med.model.visualad import VisualAD
 from .resume import REPORT_SCHEMA
 from .preview import write_preview
 from .settings import RunSettings
-from .slices import SliceInferer, SliceScores, scan_scores, slice_preprocessing
+from .slices import ScanMaps, SliceInferer, SliceScores, scan_scores, slice_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -109,31 +108,39 @@ def load_for_run(source: ScanSource, settings: RunSettings) -> LoadedScan:
     return LoadedScan(scan, started, time.perf_counter())
 
 
-def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings, inferer: SliceInferer | None = None,
-               network: nn.Module | None = None) -> ScanResult:
+def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings,
+               inferer: SliceInferer | None = None) -> ScanResult:
     """Run the model over a loaded scan's slices and threshold the map; raises on failure.
 
-    ``inferer`` defaults to ``settings.inferer(model)``; ``network`` (default ``model``) is what the
-    inferer calls, e.g. the cohort's fused maps (:mod:`visualad_med.inference.cohort`).
+    ``inferer`` defaults to ``settings.inferer(model)``.
     """
     begun = time.perf_counter()
     scan = loaded.scan
     inferer = inferer or settings.inferer(model)
     window = (scan.window.low, scan.window.high)
-    maps = inferer(scan.volume, network or model, slice_preprocessing(model.config, window))
+    return finish_scan(model, loaded, settings, inferer(scan.volume, model, slice_preprocessing(model.config, window)),
+                       begun)
+
+
+def finish_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings, maps: ScanMaps,
+                begun: float) -> ScanResult:
+    """A scan's result from its map volume: the mask at the run's threshold and the scan scores.
+
+    ``begun`` is ``time.perf_counter()`` when the scan's inference began.
+    """
     inferred = time.perf_counter()
     anomaly = maps.anomaly[0]
     threshold = settings.mask_threshold(model)
     ran = maps.scores.run_voxels(tuple(anomaly.shape))
     mask = ((anomaly > threshold) & ran).to(torch.uint8)
-    return ScanResult(scan, anomaly, mask, threshold, maps.scores, (loaded.started, loaded.loaded, begun, inferred), ran,
-                      scan_scores(anomaly, maps.scores.scores))
+    return ScanResult(loaded.scan, anomaly, mask, threshold, maps.scores,
+                      (loaded.started, loaded.loaded, begun, inferred), ran, scan_scores(anomaly, maps.scores.scores))
 
 
-def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings, inferer: SliceInferer | None = None,
-             network: nn.Module | None = None) -> ScanResult:
+def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings,
+             inferer: SliceInferer | None = None) -> ScanResult:
     """Load one scan and run the model over its slices (:func:`load_for_run`, :func:`infer_scan`)."""
-    return infer_scan(model, load_for_run(source, settings), settings, inferer, network)
+    return infer_scan(model, load_for_run(source, settings), settings, inferer)
 
 
 def stored_map(result: ScanResult) -> np.ndarray:

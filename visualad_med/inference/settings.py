@@ -37,6 +37,10 @@ class RunSettings:
             less than half the size) or ``float32``. The mask and scores always come from the
             float32 map in memory.
         preview: write a quick-look PNG per scan and the run's ``index.html``.
+        feature_store: cohort runs: the folder of the feature store
+            (:mod:`~visualad_med.inference.feature_store`); ``None``: ``OUTPUT/.features``. Runs that
+            share it (several output folders, or ``torchrun`` nodes on shared storage) reuse each
+            other's features.
     """
 
     planes: tuple[str, ...] = ("axial",)
@@ -49,6 +53,7 @@ class RunSettings:
     precision: str = "auto"
     map_dtype: str = "int16"
     preview: bool = False
+    feature_store: str | None = None
 
     def __post_init__(self) -> None:
         """Check the settings before any scan is read, so a typo fails the run once, not every scan."""

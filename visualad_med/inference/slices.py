@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
@@ -27,6 +28,8 @@ from tqdm import tqdm
 from visualad_med.errors import SettingError
 from visualad_med.io.layout import flat_in_memory_order
 from visualad_med.model.checkpoint import HeadConfig
+from visualad_med.model.cohort import head_patch_scores
+from visualad_med.model.mutual import stack_features
 from visualad_med.model.devices import autocast, inference_precision
 from visualad_med.model.visualad import VisualAD
 from visualad_med.transforms import PLANES, SlicePipeline, anatomical_axis, slice_pipeline
@@ -86,6 +89,33 @@ class SliceScores:
             view[axis] = len(flags)
             covered = covered | torch.tensor(flags, dtype=torch.bool).view(view)
         return covered.expand(shape)
+
+
+SliceStep = Callable[[torch.Tensor, torch.Tensor], dict]
+"""``step(images, indices)``: ``(B, 3, S, S)`` normalised slices and ``(B,)`` their array indices along the
+plane's axis -> ``{"map": (B, S, S), "score": (B,)}``."""
+
+
+class SliceFeatures(NamedTuple):
+    """What :meth:`SliceInferer.extract` keeps of one volume, slices in array order.
+
+    Attributes:
+        indices: ``(S,)`` int64 array index along the sliced axis of each slice run.
+        length: slices along that axis.
+        features: ``(S, T, N, D)`` float16 normalised patch tokens (:func:`~visualad_med.model.mutual.stack_features`).
+        head: ``(S, N)`` float32 patch scores of the head, summed over taps.
+        precision: the autocast the model ran under.
+        seconds: wall time of the extraction.
+        model_seconds: time in model calls.
+    """
+
+    indices: np.ndarray
+    length: int
+    features: np.ndarray
+    head: np.ndarray
+    precision: str
+    seconds: float
+    model_seconds: float
 
 
 class ScanMaps(NamedTuple):
@@ -149,16 +179,28 @@ class SliceInferer(Inferer):
     def __call__(self, inputs: MetaTensor, network: VisualAD, preprocessing: SlicePreprocessing, *args,
                  **kwargs) -> ScanMaps:
         """Anomaly map volume of ``inputs`` (``(1, X, Y, Z)`` ``MetaTensor``, HU for CT)."""
-        if not isinstance(inputs, MetaTensor) or inputs.ndim != 4 or inputs.shape[0] != 1:
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ValueError(f"expected a single-channel MetaTensor volume (1, X, Y, Z), got {shape}")
+        _check_volume(inputs)
+
+        def step(images: torch.Tensor, indices: torch.Tensor) -> dict:
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                return network(images.to(self.device))
+        return self.assemble(inputs, step, network.config.image_size, preprocessing)
+
+    def assemble(self, inputs: MetaTensor, step: SliceStep, image_size: int,
+                 preprocessing: SlicePreprocessing) -> ScanMaps:
+        """The map volume of ``inputs`` made by ``step`` from each slice with body (see :data:`SliceStep`).
+
+        ``step`` gets the normalised slices and their array indices along the plane's axis, so maps
+        computed elsewhere (e.g. the cohort's, :mod:`~visualad_med.inference.cohort`) are placed by
+        index. Its time counts as model time.
+        """
         started = time.perf_counter()
         total = torch.zeros_like(inputs.as_tensor()[0], dtype=torch.float32)  # the volume's memory layout
         axis = anatomical_axis(inputs.affine, self.planes[0])
         scores = SliceScores(self.planes[0], axis, [None] * inputs.shape[axis + 1], self.precision)
         for plane in self.planes:
             plane_started = time.perf_counter()
-            plane_scores = self._plane(inputs, network, preprocessing(plane), total, scores)
+            plane_scores = self._plane(inputs, step, image_size, preprocessing(plane), total, scores)
             if plane == self.planes[0]:
                 scores.scores = plane_scores
             scores.run_slices[anatomical_axis(inputs.affine, plane)] = [s is not None for s in plane_scores]
@@ -167,10 +209,60 @@ class SliceInferer(Inferer):
         scores.seconds = time.perf_counter() - started
         return ScanMaps(MetaTensor(total.unsqueeze(0), meta=dict(inputs.meta)), scores)
 
+    def extract(self, inputs: MetaTensor, model: VisualAD, preprocessing: SlicePreprocessing,
+                layers: tuple[int, ...]) -> SliceFeatures:
+        """The patch features (blocks ``layers``) and head patch scores of every slice with body, first plane.
+
+        Each slice is windowed, resized and run through the model once; nothing is placed back on
+        the voxel grid (:meth:`assemble` does that with maps made from these).
+        """
+        _check_volume(inputs)
+        started = time.perf_counter()
+        pipeline = preprocessing(self.planes[0])
+        features, head, indices = [], [], []
+        length = inputs.shape[anatomical_axis(inputs.affine, pipeline.plane) + 1]
+        model_seconds = 0.0
+        for start, slices, info, wanted in self._slabs(inputs, pipeline):
+            for batch in wanted.split(self.batch_size) if wanted.numel() else ():
+                called = time.perf_counter()
+                with torch.inference_mode(), autocast(self.device, self.precision):
+                    outputs = model(slices[batch].to(self.device), feature_layers=layers)
+                features.append(stack_features(outputs["features"]).cpu().numpy())
+                head.append(head_patch_scores(outputs).cpu().numpy())
+                indices.append((start + info.indices[batch]).numpy())
+                model_seconds += time.perf_counter() - called
+        if not indices:
+            return SliceFeatures(np.zeros(0, np.int64), length, np.zeros((0, len(layers), 0, 0), np.float16),
+                                 np.zeros((0, 0), np.float32), self.precision, time.perf_counter() - started,
+                                 model_seconds)
+        order = np.argsort(np.concatenate(indices), kind="stable")
+        return SliceFeatures(np.concatenate(indices)[order], length, np.concatenate(features)[order],
+                             np.concatenate(head)[order], self.precision, time.perf_counter() - started,
+                             model_seconds)
+
+    def _slabs(self, inputs: MetaTensor, pipeline: SlicePipeline):
+        """Yield ``(start, slices, info, wanted)`` per slab of the plane's axis: the slab's first index, its
+        normalised slices, their :class:`~visualad_med.transforms.SliceInfo` and the positions to run."""
+        if pipeline.blank:  # a constant volume: no body anywhere
+            return
+        axis = anatomical_axis(inputs.affine, pipeline.plane)
+        length = inputs.shape[axis + 1]
+        bar = tqdm(total=length, desc=f"{inputs.meta.get('scan_name', 'scan')} {pipeline.plane}",
+                   unit="slice", leave=False, disable=not self.progress)
+        for start in range(0, length, self.slab_slices):
+            count = min(self.slab_slices, length - start)
+            slab = MetaTensor(inputs.as_tensor().narrow(axis + 1, start, count), meta=dict(inputs.meta))
+            slices, info = pipeline.forward(slab)
+            keep = info.body if self.skip_empty else torch.ones_like(info.body)
+            yield start, slices, info, torch.nonzero(keep).flatten()
+            bar.update(count)
+        bar.close()
+
     def _plane(
         self,
         inputs: MetaTensor,
-        network: VisualAD,
+        step: SliceStep,
+        size: int,
         pipeline: SlicePipeline,
         total: torch.Tensor,
         scores: SliceScores,
@@ -179,35 +271,28 @@ class SliceInferer(Inferer):
 
         ``scores.slices_run`` and ``scores.model_seconds`` are updated in place.
         """
-        size = network.config.image_size
         axis = anatomical_axis(inputs.affine, pipeline.plane)
-        length = inputs.shape[axis + 1]
-        plane_scores: list[float | None] = [None] * length
-        if pipeline.blank:  # a constant volume: no body anywhere, the map stays 0
-            return plane_scores
-        bar = tqdm(total=length, desc=f"{inputs.meta.get('scan_name', 'scan')} {pipeline.plane}",
-                   unit="slice", leave=False, disable=not self.progress)
-        for start in range(0, length, self.slab_slices):
-            count = min(self.slab_slices, length - start)
-            slab = MetaTensor(inputs.as_tensor().narrow(axis + 1, start, count), meta=dict(inputs.meta))
-            slices, info = pipeline.forward(slab)
-            keep = info.body if self.skip_empty else torch.ones_like(info.body)
+        plane_scores: list[float | None] = [None] * inputs.shape[axis + 1]
+        for start, slices, info, wanted in self._slabs(inputs, pipeline):
             maps = torch.zeros(slices.shape[0], size, size)
-            wanted = torch.nonzero(keep).flatten()
             for batch in wanted.split(self.batch_size) if wanted.numel() else ():  # split() of nothing is (empty,)
                 called = time.perf_counter()
-                with torch.inference_mode(), autocast(self.device, self.precision):
-                    outputs = network(slices[batch].to(self.device))
+                outputs = step(slices[batch], start + info.indices[batch])
                 maps[batch] = outputs["map"].float().cpu()
                 batch_scores = outputs["score"].float().cpu().tolist()
                 scores.model_seconds += time.perf_counter() - called
                 scores.slices_run += len(batch)
                 for position, score in zip(batch.tolist(), batch_scores):
                     plane_scores[start + int(info.indices[position])] = score
-            total.narrow(axis, start, count).add_(pipeline.inverse(maps, info).as_tensor())
-            bar.update(count)
-        bar.close()
+            total.narrow(axis, start, slices.shape[0]).add_(pipeline.inverse(maps, info).as_tensor())
         return plane_scores
+
+
+def _check_volume(inputs: object) -> None:
+    """Raise ``ValueError`` unless ``inputs`` is a ``(1, X, Y, Z)`` ``MetaTensor``."""
+    if not isinstance(inputs, MetaTensor) or inputs.ndim != 4 or inputs.shape[0] != 1:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"expected a single-channel MetaTensor volume (1, X, Y, Z), got {shape}")
 
 
 def check_planes(planes: tuple[str, ...]) -> None:

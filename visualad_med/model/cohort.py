@@ -9,12 +9,13 @@ smoothed, referenced to the body when the head's ``map_reference`` is ``body``):
 * ``visualad+mutual``: the two patch-score grids put on one scale before they
   are added: the head's (the method's sum over taps of ``cos(SAF(p), a') -
   cos(SAF(p), n')``) and the cohort's are each robust-standardised over every
-  patch of the cohort (minus the cohort's median, over 1.4826 x its median
+  patch of the scan (minus the scan's median, over 1.4826 x its median
   absolute deviation, :func:`~visualad_med.model.mutual.robust_standardise`), and the
-  fused grid is their mean, standardised again.
+  fused grid is their mean, standardised again. (2D runs standardise over every
+  image of the run.)
 
 ``mutual`` alone is standardised the same way, so for both 1 unit is one robust
-standard deviation of the run's patch scores. The mask threshold of both is
+standard deviation of the scan's patch scores. The mask threshold of both is
 :data:`COHORT_THRESHOLD` of those units (a fixed rule, not calibrated on any
 medical data).
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .torch_model import VisualAD, upsample_scores
+from .candidates import DEFAULT_CANDIDATES
 from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
@@ -38,7 +40,9 @@ COHORT_SCORINGS = ("mutual", "visualad+mutual")
 DEFAULT_VOLUME_SCORING = "mutual"
 """What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
-"""Mask threshold of cohort maps, in robust standard deviations above the cohort's median."""
+"""Mask threshold of cohort maps, in robust standard deviations above the scan's median."""
+MATCHES = ("anatomy", "position")
+"""How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,15 @@ class CohortSettings:
         scoring: ``mutual`` or ``visualad+mutual``.
         fraction: interval-average share of the closest candidates.
         neighbours: 2D: candidate images per image (most similar by global descriptor).
-        window: volumes: largest normalised slice-position difference of a candidate slice.
-        per_scan: volumes: candidate slices taken from each other scan.
+        candidates: volumes, ``match="anatomy"``: ``K``, the candidate slices of each slice (its nearest
+            slices of other scans by global descriptor, :mod:`~visualad_med.model.candidates`).
+        match: volumes: ``anatomy`` (by descriptor) or ``position`` (the slices of every other scan
+            within ``window`` of its position, ``per_scan`` of each: cost grows with the cohort).
+        position_prior: volumes, ``anatomy``: keep only candidates within this normalised position
+            difference (``None``: any position).
+        window: volumes, ``position``: largest normalised slice-position difference of a candidate slice;
+            also the position window of a reference bank's slices.
+        per_scan: volumes, ``position``: candidate slices taken from each other scan.
         layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
         bank: few-shot references compared with instead of the cohort.
         bank_file: where the bank was saved or read.
@@ -61,6 +72,9 @@ class CohortSettings:
     scoring: str = "mutual"
     fraction: float = DEFAULT_FRACTION
     neighbours: int = DEFAULT_NEIGHBOURS
+    candidates: int = DEFAULT_CANDIDATES
+    match: str = "anatomy"
+    position_prior: float | None = None
     window: float = 0.05
     per_scan: int = 3
     layers: tuple[int, ...] | None = None
@@ -71,9 +85,13 @@ class CohortSettings:
     def __post_init__(self) -> None:
         if self.scoring not in COHORT_SCORINGS:
             raise SettingError("scoring", f"unknown cohort scoring {self.scoring!r}; valid: {', '.join(COHORT_SCORINGS)}")
-        if not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0:
+        if self.match not in MATCHES:
+            raise SettingError("cohort_match", f"unknown candidate rule {self.match!r}; valid: {', '.join(MATCHES)}")
+        if (not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0
+                or self.candidates < 1 or (self.position_prior is not None and self.position_prior <= 0)):
             raise ValueError(f"cohort settings out of range: fraction {self.fraction} (0..1], neighbours "
-                             f"{self.neighbours} >= 1, per_scan {self.per_scan} >= 1, window {self.window} >= 0")
+                             f"{self.neighbours} >= 1, candidates {self.candidates} >= 1, per_scan {self.per_scan} "
+                             f">= 1, window {self.window} >= 0, position prior {self.position_prior} > 0")
 
     def applies_to(self, scans: int, log: bool = True) -> bool:
         """Whether a volume run of ``scans`` scans is scored this way (else by the head alone, logged)."""
@@ -92,13 +110,14 @@ class CohortSettings:
         """The settings as recorded in results and reports (the bank by its file and size)."""
         compared = "the cohort" if self.bank is None else f"{self.bank.features.shape[0]} reference images"
         return {"scoring": self.scoring, "compared_with": compared, "reference_bank": self.bank_file,
-                "fraction": self.fraction, "neighbours": self.neighbours, "window": self.window,
+                "fraction": self.fraction, "neighbours": self.neighbours, "candidates": self.candidates,
+                "match": self.match, "position_prior": self.position_prior, "window": self.window,
                 "per_scan": self.per_scan, "layers": list(self.feature_layers(model))}
 
 
 def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
-    """``(M, N)`` patch scores of the run: standardised ``mutual``, or the mean of both standardised grids,
-    standardised again (so the threshold means the same number of robust sd for both scorings)."""
+    """``(M, N)`` patch scores of a scan (or a 2D run): standardised ``mutual``, or the mean of both
+    standardised grids, standardised again (so the threshold means the same number of robust sd for both)."""
     mutual = robust_standardise(cohort)
     return mutual if scoring == "mutual" else robust_standardise((robust_standardise(head) + mutual) / 2.0)
 

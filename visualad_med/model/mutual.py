@@ -136,6 +136,28 @@ def interval_average(distances: torch.Tensor, fraction: float = DEFAULT_FRACTION
     return distances.topk(count, dim=0, largest=False).values.mean(dim=0)
 
 
+def grouped_scores(query: torch.Tensor, references: torch.Tensor, groups: Sequence[int],
+                   fraction: float = DEFAULT_FRACTION, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Mutual patch scores of one image against its candidates, candidates of one group counting as one image.
+
+    Args:
+        query: ``(T, N, D)`` normalised features.
+        references: ``(C, T, N', D)`` normalised features of the candidates.
+        groups: ``(C,)`` group of each candidate (e.g. its scan): a group's distance is its members' smallest.
+        fraction: interval-average share of the (grouped) candidates.
+        chunk: candidate images per similarity block.
+
+    Returns:
+        ``(N,)`` float32 scores; zeros without candidates.
+    """
+    if references.shape[0] == 0:
+        return torch.zeros(query.shape[1])
+    distances = patch_distances(query, references, chunk)
+    labels = torch.as_tensor(list(groups))
+    grouped = torch.stack([distances[labels == label].amin(dim=0) for label in torch.unique(labels)])
+    return interval_average(grouped, fraction)
+
+
 def cohort_scores(features: torch.Tensor, candidates: Candidates, fraction: float = DEFAULT_FRACTION,
                   chunk: int = DEFAULT_CHUNK, progress: bool = True) -> torch.Tensor:
     """Mutual patch scores of every image of a cohort.

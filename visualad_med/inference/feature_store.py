@@ -1,0 +1,143 @@
+"""The feature store of a cohort run: each scan's slice features on disk, reused by every later run.
+
+Per scan ``<name>``, in the store folder (default ``OUTPUT/.features``):
+
+- ``<name>.features.npy``: ``(S, T, N, D)`` float16 L2-normalised patch tokens of the ``S`` slices
+  the model ran (``T`` layers, ``N`` patches of width ``D``), read memory-mapped;
+- ``<name>.slices.npz``: the head's patch scores ``(S, N)`` float32, the global descriptors
+  ``(S, D)`` float32, the array index of each slice along the sliced axis and the axis' length;
+- ``<name>.json``, written last: the entry's key (the scan's input identity and the settings that
+  change its features, :func:`feature_key`) and its sizes. An entry is used only when its key is
+  the one the scan has now; a scan the model could not run leaves ``<name>.failed.json`` with the
+  reason, under the same key.
+
+Every file is written to a temporary name and renamed, so a killed run leaves either a whole entry
+or none. Entries of scans no longer in a run are left in place and not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visualad_med.io.atomic import atomic_path
+
+STORE_SCHEMA = "visualad_med.feature_store/1"
+STORE_FOLDER = ".features"
+"""The store's folder under the output folder, unless a run names another."""
+
+
+def feature_key(input_identity: list[dict], settings: dict) -> dict:
+    """What a scan's stored features depend on: its input files (size, header sha256) and ``settings``."""
+    files = [{key: item[key] for key in ("file", "size", "header_sha256")} for item in input_identity]
+    return json.loads(json.dumps({"input": files, "settings": settings}))
+
+
+def key_digest(key: dict) -> str:
+    """A short, stable name of a feature key (sha256 of its canonical JSON, 16 hex digits)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ScanFeatures:
+    """One scan's entry of the store.
+
+    Attributes:
+        name: the scan's name.
+        digest: :func:`key_digest` of the key it was made under.
+        features: ``(S, T, N, D)`` float16, memory-mapped when read from the store.
+        head: ``(S, N)`` float32 patch scores of the head (sum over taps).
+        descriptors: ``(S, D)`` float32 normalised global descriptors.
+        indices: ``(S,)`` int64 array index along the sliced axis of each slice, ascending.
+        length: slices along that axis (run or not).
+    """
+
+    name: str
+    digest: str
+    features: np.ndarray
+    head: np.ndarray
+    descriptors: np.ndarray
+    indices: np.ndarray
+    length: int
+
+    @property
+    def positions(self) -> np.ndarray:
+        """``(S,)`` normalised slice positions ``index / (length - 1)``."""
+        return self.indices / max(1, self.length - 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the entry's arrays."""
+        return sum(a.nbytes for a in (self.features, self.head, self.descriptors, self.indices))
+
+
+class FeatureStore:
+    """The folder of scan entries (see the module docstring)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def _paths(self, name: str) -> dict[str, Path]:
+        return {"features": self.folder / f"{name}.features.npy", "slices": self.folder / f"{name}.slices.npz",
+                "entry": self.folder / f"{name}.json", "failed": self.folder / f"{name}.failed.json"}
+
+    def save(self, entry: ScanFeatures, key: dict) -> None:
+        """Write ``entry`` under ``key`` (a failure recorded earlier for the scan is removed)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        paths = self._paths(entry.name)
+        paths["failed"].unlink(missing_ok=True)
+        with atomic_path(paths["features"]) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(entry.features, dtype=np.float16))
+        with atomic_path(paths["slices"]) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, head=entry.head.astype(np.float32), descriptors=entry.descriptors.astype(np.float32),
+                     indices=entry.indices.astype(np.int64), length=np.int64(entry.length))
+        self._write_json(paths["entry"], {"schema": STORE_SCHEMA, "key": key, "digest": key_digest(key),
+                                          "slices": int(entry.features.shape[0])})
+
+    def save_failure(self, name: str, key: dict, reason: str) -> None:
+        """Record that scan ``name`` could not be run under ``key``, and why."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_json(self._paths(name)["failed"], {"schema": STORE_SCHEMA, "key": key, "reason": reason})
+
+    def load(self, name: str, key: dict) -> ScanFeatures | None:
+        """The entry of scan ``name`` made under ``key`` (features memory-mapped), ``None`` if there is none."""
+        paths = self._paths(name)
+        record = self._read_json(paths["entry"])
+        if record is None or record.get("key") != key:
+            return None
+        try:
+            with np.load(paths["slices"]) as slices:
+                arrays = {field: slices[field] for field in ("head", "descriptors", "indices", "length")}
+            features = np.load(paths["features"], mmap_mode="r")
+        except (OSError, ValueError, KeyError):
+            return None
+        if features.shape[0] != record.get("slices") or arrays["head"].shape[0] != features.shape[0]:
+            return None
+        return ScanFeatures(name, record["digest"], features, arrays["head"], arrays["descriptors"],
+                            arrays["indices"], int(arrays["length"]))
+
+    def failure(self, name: str, key: dict) -> str | None:
+        """Why scan ``name`` could not be run under ``key``, ``None`` if no failure is recorded."""
+        record = self._read_json(self._paths(name)["failed"])
+        return record.get("reason") if record is not None and record.get("key") == key else None
+
+    def size_bytes(self) -> int:
+        """Bytes of every file in the store."""
+        return sum(path.stat().st_size for path in self.folder.glob("*") if path.is_file())
+
+    @staticmethod
+    def _write_json(path: Path, record: dict) -> None:
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+
+    @staticmethod
+    def _read_json(path: Path) -> dict | None:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("schema") == STORE_SCHEMA else None
