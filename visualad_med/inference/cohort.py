@@ -87,7 +87,8 @@ class CohortScoring:
         settings: the cohort's settings.
         entries: store entries of the scans that could be run, in the run's scan order.
         failed: why each other scan could not be run.
-        inputs: each scan's input identity (:func:`~visualad_med.inference.resume.input_identity`).
+        inputs: the input identity (:func:`~visualad_med.inference.resume.input_identity`) of each scan of
+            this rank's share.
         candidates: every slice's candidates (``None`` with a reference bank).
         store: the feature store.
     """
@@ -108,29 +109,30 @@ class CohortScoring:
         if cohort.bank is not None:
             cohort.bank.check_fits(model, layers, VOLUME_RESIZE)
         fixed = feature_settings(model, settings, inferer, head_sha256, layers)
+        rank, world = rank_world()
+        share = scans[rank::world]
         inputs, keys = {}, {}
-        for source in scans:
+        for source in share:  # the other ranks check theirs: after the barrier their entries are current
             try:
                 inputs[source.name] = input_identity(source)
             except OSError as error:
                 inputs[source.name] = []
                 logger.warning("%s: cannot be read (%s)", source.path, error)
             keys[source.name] = feature_key(inputs[source.name], fixed)
-        rank, world = rank_world()
-        missing = [s for s in scans[rank::world] if store.load(s.name, keys[s.name]) is None
+        missing = [s for s in share if store.load(s.name, keys[s.name]) is None
                    and store.failure(s.name, keys[s.name]) is None]
-        reused = len(scans[rank::world]) - len(missing)
-        if reused:
-            logger.info("feature store %s: %d scan(s) reused, %d to extract", store.folder, reused, len(missing))
+        if len(share) > len(missing):
+            logger.info("feature store %s: %d scan(s) reused, %d to extract", store.folder,
+                        len(share) - len(missing), len(missing))
         _extract_missing(model, missing, settings, inferer, layers, store, keys)
         barrier()
         entries, failed = {}, {}
         for source in scans:
-            entry = store.load(source.name, keys[source.name])
+            entry = store.load(source.name, keys.get(source.name))
             if entry is not None:
                 entries[source.name] = entry
             else:
-                failed[source.name] = store.failure(source.name, keys[source.name]) or "no features in the store"
+                failed[source.name] = store.failure(source.name, keys.get(source.name)) or "no features in the store"
         candidates = None
         if cohort.bank is None and entries:
             candidates = _choose_candidates(list(entries.values()), cohort)

@@ -99,15 +99,19 @@ class FeatureStore:
                                           "slices": int(entry.features.shape[0])})
 
     def save_failure(self, name: str, key: dict, reason: str) -> None:
-        """Record that scan ``name`` could not be run under ``key``, and why."""
+        """Record that scan ``name`` could not be run under ``key``, and why (an entry of the scan is removed)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._paths(name)["entry"].unlink(missing_ok=True)
         self._write_json(self._paths(name)["failed"], {"schema": STORE_SCHEMA, "key": key, "reason": reason})
 
-    def load(self, name: str, key: dict) -> ScanFeatures | None:
-        """The entry of scan ``name`` made under ``key`` (features memory-mapped), ``None`` if there is none."""
+    def load(self, name: str, key: dict | None) -> ScanFeatures | None:
+        """The entry of scan ``name`` made under ``key`` (features memory-mapped), ``None`` if there is none.
+
+        ``key`` ``None`` takes the entry whatever its key (one that another ``torchrun`` rank checked).
+        """
         paths = self._paths(name)
         record = self._read_json(paths["entry"])
-        if record is None or record.get("key") != key:
+        if record is None or (key is not None and record.get("key") != key):
             return None
         try:
             with np.load(paths["slices"]) as slices:
@@ -120,10 +124,10 @@ class FeatureStore:
         return ScanFeatures(name, record["digest"], features, arrays["head"], arrays["descriptors"],
                             arrays["indices"], int(arrays["length"]))
 
-    def failure(self, name: str, key: dict) -> str | None:
-        """Why scan ``name`` could not be run under ``key``, ``None`` if no failure is recorded."""
+    def failure(self, name: str, key: dict | None) -> str | None:
+        """Why scan ``name`` could not be run under ``key`` (``None``: any), ``None`` if no failure is recorded."""
         record = self._read_json(self._paths(name)["failed"])
-        return record.get("reason") if record is not None and record.get("key") == key else None
+        return record.get("reason") if record is not None and key in (None, record.get("key")) else None
 
     def size_bytes(self) -> int:
         """Bytes of every file in the store."""
