@@ -21,7 +21,7 @@ from visualad_med.inference.folder import run_folder
 from visualad_med.inference.settings import RunSettings
 from visualad_med.io import find_scans
 from visualad_med.model.candidates import nearest_slices
-from visualad_med.model.cohort import CohortSettings
+from visualad_med.model.cohort import CohortScale, CohortSettings
 from visualad_med.model.visualad import build_model
 
 SHAPE = (20, 18, 8)
@@ -79,7 +79,10 @@ def test_a_killed_cohort_run_resumes_skipping_finished_scans_with_the_same_maps(
         np.testing.assert_array_equal(whole[name], resumed[name])
 
 
-def test_an_added_scan_extracts_only_its_features_and_rescores_the_scans_it_is_a_candidate_of(tmp_path, caplog):
+def test_an_added_scan_extracts_only_its_features_and_rescores_the_scans_it_is_a_candidate_of(tmp_path, caplog,
+                                                                                             monkeypatch):
+    fixed = CohortScale("visualad+mutual", (0.4, 0.2), (0.1, 0.1), (0.0, 1.0))
+    monkeypatch.setattr(CohortScale, "of", classmethod(lambda cls, *args, **kwargs: fixed))  # a large cohort's
     for k in range(3):
         write_scan(tmp_path / "scans", k)
     cohort_run(tmp_path / "scans", tmp_path / "out", candidates=2)
@@ -101,6 +104,22 @@ def test_an_added_scan_extracts_only_its_features_and_rescores_the_scans_it_is_a
         identity = json.loads((tmp_path / "out" / name).read_text())["identity"]["cohort"]
         assert "scan3" not in identity["candidate_scans"]
     assert rescored, "with K=2 of 3 scans' slices, the added scan's slices must be a candidate of some scan"
+
+
+def test_a_scan_added_to_a_small_cohort_moves_its_scale_and_every_scan_is_redone(tmp_path, caplog):
+    for k in range(3):
+        write_scan(tmp_path / "scans", k)
+    cohort_run(tmp_path / "scans", tmp_path / "out", candidates=8)
+    scales = {json.dumps(json.loads(p.read_text())["cohort"]["scale"]) for p in (tmp_path / "out").glob("*_report.json")}
+    write_scan(tmp_path / "scans", 3)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        cohort_run(tmp_path / "scans", tmp_path / "out", candidates=8)
+    now = {json.dumps(json.loads(p.read_text())["cohort"]["scale"]) for p in (tmp_path / "out").glob("*_report.json")}
+    assert len(scales) == len(now) == 1 and scales != now  # one scale per run, and it moved
+    for k in range(3):
+        assert f"scan{k}: scan{k}_report.json no longer matches: " in caplog.text
+    assert caplog.text.count("the cohort's robust scale moved") + caplog.text.count("candidates changed") >= 3
 
 
 def test_a_changed_scan_recomputes_its_features_and_redoes_the_scans_that_used_it(tmp_path, caplog):

@@ -16,6 +16,7 @@ from visualad_med.apps.cli import main
 from visualad_med.model.cohort import CohortSettings, fuse_patch_scores
 from visualad_med.model.mutual import (
     cohort_scores,
+    grouped_scores,
     interval_average,
     nearest_candidates,
     patch_distances,
@@ -55,6 +56,16 @@ def test_chunked_search_equals_the_exact_one():
     ])
     for chunk in (1, 3, 100):
         torch.testing.assert_close(patch_distances(query, references, chunk), exact, rtol=0, atol=1e-6)
+
+
+def test_grouped_scores_take_each_groups_nearest_member_then_the_interval_average():
+    features = normal_cohort(images=8, seed=4)
+    groups = [3, 3, 5, 5, 5, 9, 9]
+    distances = patch_distances(features[0], features[1:])
+    per_group = torch.stack([distances[0:2].amin(0), distances[2:5].amin(0), distances[5:7].amin(0)])
+    expected = per_group.sort(dim=0).values[:2].mean(0)  # ceil(0.5 x 3) = 2 closest groups
+    torch.testing.assert_close(grouped_scores(features[0], features[1:], groups, fraction=0.5), expected)
+    assert torch.equal(grouped_scores(features[0], features[:0], [], fraction=0.5), torch.zeros(features.shape[2]))
 
 
 def test_interval_average_takes_the_closest_share():

@@ -10,14 +10,16 @@ then chosen over the whole store: its ``K`` nearest slices of other scans by glo
 (:func:`~visualad_med.model.candidates.nearest_slices`, FAISS), or the slices near its position
 (``match="position"``, the earlier rule), or a reference bank.
 
-:meth:`CohortScoring.infer` then scores one scan: each slice against its candidates' features
-(memory-mapped from the store), grouped by scan (:func:`~visualad_med.model.mutual.grouped_scores`),
-fused with the head's patch scores and robust-standardised over the scan's own patches
-(:func:`~visualad_med.model.cohort.fuse_patch_scores`), and the patch maps are placed on the scan's
-grid by slice index (:meth:`~visualad_med.inference.slices.SliceInferer.assemble`). Each scan's
-standardisation is its own, so a scan's map depends on the rest of the cohort only through its
-candidates: a scan whose candidates did not change keeps its outputs when scans are added (the
-resume rule, :func:`candidate_identity`).
+Each rank then scores its share: every slice against its candidates' features (memory-mapped
+from the store), candidates of one scan counting as one image
+(:func:`~visualad_med.model.mutual.grouped_scores`); the scores are kept in the store under the
+digest of the candidates they were made against. After a second barrier every rank reads all of
+them and takes the cohort's robust statistics (:class:`~visualad_med.model.cohort.CohortScale`,
+rounded so that a few added scans seldom move them). :meth:`CohortScoring.infer` puts one scan's
+scores on that scale (fused with the head's for ``visualad+mutual``) and places the patch maps on
+the scan's grid by slice index (:meth:`~visualad_med.inference.slices.SliceInferer.assemble`).
+A finished scan is redone only when its candidates or the cohort's scale change (the resume rule,
+:func:`candidate_identity`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tqdm import tqdm
 from visualad_med.io import ScanLoadError, ScanSource, load_scan
 from visualad_med.model.candidates import SliceCandidates, nearest_slices
 from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings
-from visualad_med.model.cohort import fuse_patch_scores, patch_maps
+from visualad_med.model.cohort import CohortScale, patch_maps
 from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates
 from visualad_med.model.reference_bank import ReferenceBank
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
@@ -91,6 +93,7 @@ class CohortScoring:
             this rank's share.
         candidates: every slice's candidates (``None`` with a reference bank).
         store: the feature store.
+        scale: the cohort's robust statistics (:class:`~visualad_med.model.cohort.CohortScale`).
     """
 
     model: VisualAD
@@ -100,6 +103,7 @@ class CohortScoring:
     inputs: dict[str, list[dict]]
     candidates: SliceCandidates | None
     store: FeatureStore
+    scale: CohortScale | None = None
 
     @classmethod
     def prepare(cls, model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
@@ -119,8 +123,7 @@ class CohortScoring:
                 inputs[source.name] = []
                 logger.warning("%s: cannot be read (%s)", source.path, error)
             keys[source.name] = feature_key(inputs[source.name], fixed)
-        missing = [s for s in share if store.load(s.name, keys[s.name]) is None
-                   and store.failure(s.name, keys[s.name]) is None]
+        missing = [s for s in share if store.load(s.name, keys[s.name]) is None]  # failed ones are tried again
         if len(share) > len(missing):
             logger.info("feature store %s: %d scan(s) reused, %d to extract", store.folder,
                         len(share) - len(missing), len(missing))
@@ -139,7 +142,19 @@ class CohortScoring:
             if candidates.fallback_same_scan:
                 logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices at "
                                "least 0.2 of its length away", next(iter(entries)))
-        return cls(model, cohort, entries, failed, inputs, candidates, store)
+        prepared = cls(model, cohort, entries, failed, inputs, candidates, store)
+        for name in tqdm([s.name for s in share if s.name in entries], desc="cohort scoring", unit="scan",
+                         disable=not settings.progress):
+            prepared.compared(name)  # stored for the scale below and for writing
+        barrier()
+        prepared.scale = prepared.cohort_scale()
+        return prepared
+
+    def cohort_scale(self) -> CohortScale:
+        """The rounded robust statistics of every scan's head and cohort patch scores."""
+        heads = torch.cat([torch.from_numpy(entry.head) for entry in self.entries.values()])
+        compared = torch.cat([self.compared(name) for name in self.entries])
+        return CohortScale.of(self.settings.scoring, heads, compared, quantise=True)
 
     @functools.cached_property
     def _slice_table(self) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -155,24 +170,28 @@ class CohortScoring:
         counts = [len(entry.indices) for entry in self.entries.values()]
         return dict(zip(self.entries, np.cumsum([0] + counts[:-1]).tolist()))
 
-    def identity(self, name: str) -> dict:
-        """What a scan's outputs depend on in the cohort: the settings and its candidates (per slice: scan
-        key and slice index), as its report records them (:func:`candidate_identity`)."""
-        entry = self.entries.get(name)
-        if entry is None:
-            return {}
-        describe = self.settings.describe(self.model)
+    def candidate_rows(self, name: str) -> tuple[object, list[str]]:
+        """Scan ``name``'s candidates, per slice ``(scan key, slice index)`` pairs, and the scans they come from."""
         if self.candidates is None:
-            return candidate_identity(describe, {"bank": self.settings.bank_file}, [])
+            return {"bank": self.settings.bank_file}, []
         names, scan_of, index = self._slice_table
         start = self._offsets[name]
         digests = [self.entries[n].digest for n in names]
         rows, used = [], set()
-        for k in range(len(entry.indices)):
+        for k in range(len(self.entries[name].indices)):
             chosen = self.candidates.of(start + k)
             rows.append([(digests[scan_of[j]], int(index[j])) for j in chosen])
             used.update(names[scan_of[j]] for j in chosen)
-        return candidate_identity(describe, rows, sorted(used))
+        return rows, sorted(used)
+
+    def identity(self, name: str) -> dict:
+        """What a scan's outputs depend on in the cohort: the settings, its candidates and the cohort's scale,
+        as its report records them (:func:`candidate_identity`)."""
+        if name not in self.entries:
+            return {}
+        rows, used = self.candidate_rows(name)
+        scale = self.scale.describe() if self.scale is not None else None
+        return candidate_identity(self.settings.describe(self.model), rows, used, scale)
 
     def infer(self, loaded: LoadedScan, settings: RunSettings, inferer: SliceInferer, begun: float) -> ScanResult:
         """Score one scan against its candidates and place its maps on its grid (see the module docstring)."""
@@ -180,7 +199,7 @@ class CohortScoring:
         if name not in self.entries:
             raise ScanLoadError(loaded.scan.source.path, f"left out of the cohort: {self.failed.get(name)}")
         entry = self.entries[name]
-        fused = fuse_patch_scores(self.settings.scoring, torch.from_numpy(entry.head), self.compared(name))
+        fused = self.scale.apply(torch.from_numpy(entry.head), self.compared(name))
         row_of = {int(index): row for row, index in enumerate(entry.indices)}
         model = self.model
 
@@ -200,7 +219,18 @@ class CohortScoring:
         return finish_scan(model, loaded, settings, maps, begun)
 
     def compared(self, name: str) -> torch.Tensor:
-        """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices."""
+        """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices, from the store when they
+        were made against the same candidates, else computed and stored."""
+        digest = candidate_identity({}, self.candidate_rows(name)[0], [])["candidates_sha256"]
+        stored = self.store.load_scores(name, digest)
+        if stored is not None:
+            return torch.from_numpy(stored)
+        scores = self._compare(name)
+        self.store.save_scores(name, digest, scores.numpy())
+        return scores
+
+    def _compare(self, name: str) -> torch.Tensor:
+        """:meth:`compared`, computed."""
         entry = self.entries[name]
         query = torch.from_numpy(np.array(entry.features))
         if self.candidates is None:
@@ -222,15 +252,16 @@ class CohortScoring:
         """What every scan's report records about the cohort."""
         return {**self.settings.describe(self.model), "scans": len(self.entries),
                 "fallback_same_scan": bool(self.candidates is not None and self.candidates.fallback_same_scan),
-                "feature_store": str(self.store.folder),
-                "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the scan's patch scores"}
+                "feature_store": str(self.store.folder), "scale": self.scale.describe(),
+                "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the cohort's patch scores"}
 
 
-def candidate_identity(settings: dict, rows: object, scans: list[str]) -> dict:
+def candidate_identity(settings: dict, rows: object, scans: list[str], scale: dict | None = None) -> dict:
     """A scan's cohort identity: the cohort settings, the sha256 of its candidates (per slice, each
-    candidate's scan key and slice index) and the names of the scans they come from."""
+    candidate's scan key and slice index), the names of the scans they come from and the cohort's scale."""
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-    return json.loads(json.dumps({"settings": settings, "candidates_sha256": digest, "candidate_scans": scans}))
+    return json.loads(json.dumps({"settings": settings, "candidates_sha256": digest, "candidate_scans": scans,
+                                  "scale": scale}))
 
 
 def _choose_candidates(entries: list[ScanFeatures], cohort: CohortSettings) -> SliceCandidates:

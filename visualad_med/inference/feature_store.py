@@ -6,6 +6,8 @@ Per scan ``<name>``, in the store folder (default ``OUTPUT/.features``):
   the model ran (``T`` layers, ``N`` patches of width ``D``), read memory-mapped;
 - ``<name>.slices.npz``: the head's patch scores ``(S, N)`` float32, the global descriptors
   ``(S, D)`` float32, the array index of each slice along the sliced axis and the axis' length;
+- ``<name>.cohort.npy``: the scan's cohort patch scores ``(S, N)`` float32, with ``<name>.cohort.json``
+  naming the candidates they were made against (reused while those do not change);
 - ``<name>.json``, written last: the entry's key (the scan's input identity and the settings that
   change its features, :func:`feature_key`) and its sizes. An entry is used only when its key is
   the one the scan has now; a scan the model could not run leaves ``<name>.failed.json`` with the
@@ -83,7 +85,8 @@ class FeatureStore:
 
     def _paths(self, name: str) -> dict[str, Path]:
         return {"features": self.folder / f"{name}.features.npy", "slices": self.folder / f"{name}.slices.npz",
-                "entry": self.folder / f"{name}.json", "failed": self.folder / f"{name}.failed.json"}
+                "entry": self.folder / f"{name}.json", "failed": self.folder / f"{name}.failed.json",
+                "scores": self.folder / f"{name}.cohort.npy", "scores_entry": self.folder / f"{name}.cohort.json"}
 
     def save(self, entry: ScanFeatures, key: dict) -> None:
         """Write ``entry`` under ``key`` (a failure recorded earlier for the scan is removed)."""
@@ -128,6 +131,24 @@ class FeatureStore:
         """Why scan ``name`` could not be run under ``key`` (``None``: any), ``None`` if no failure is recorded."""
         record = self._read_json(self._paths(name)["failed"])
         return record.get("reason") if record is not None and key in (None, record.get("key")) else None
+
+    def save_scores(self, name: str, candidates_sha256: str, scores: np.ndarray) -> None:
+        """Keep scan ``name``'s ``(S, N)`` cohort patch scores, made against the candidates of that digest."""
+        paths = self._paths(name)
+        with atomic_path(paths["scores"]) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, scores.astype(np.float32))
+        self._write_json(paths["scores_entry"], {"schema": STORE_SCHEMA, "candidates_sha256": candidates_sha256})
+
+    def load_scores(self, name: str, candidates_sha256: str | None) -> np.ndarray | None:
+        """Scan ``name``'s cohort patch scores made against those candidates (``None``: any), or ``None``."""
+        paths = self._paths(name)
+        record = self._read_json(paths["scores_entry"])
+        if record is None or candidates_sha256 not in (None, record.get("candidates_sha256")):
+            return None
+        try:
+            return np.load(paths["scores"])
+        except (OSError, ValueError):
+            return None
 
     def size_bytes(self) -> int:
         """Bytes of every file in the store."""

@@ -104,13 +104,15 @@ def _cohort_change(recorded: object, now: dict | None) -> str | None:
     change = _settings_change(recorded.get("settings"), now["settings"])
     if change:
         return f"cohort {change}"
-    if recorded.get("candidates_sha256") == now["candidates_sha256"]:
-        return None
-    then, scans = set(recorded.get("candidate_scans") or []), set(now["candidate_scans"])
-    added, gone = sorted(scans - then), sorted(then - scans)
-    parts = [f"{label} {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-             for label, names in (("now also from", added), ("no longer from", gone)) if names]
-    return f"its cohort candidates changed ({'; '.join(parts) or 'other slices of the same scans, or a scan changed'})"
+    if recorded.get("candidates_sha256") != now["candidates_sha256"]:
+        then, scans = set(recorded.get("candidate_scans") or []), set(now["candidate_scans"])
+        added, gone = sorted(scans - then), sorted(then - scans)
+        parts = [f"{label} {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                 for label, names in (("now also from", added), ("no longer from", gone)) if names]
+        return f"its cohort candidates changed ({'; '.join(parts) or 'other slices of the same scans, or a scan changed'})"
+    if recorded.get("scale") != now["scale"]:
+        return f"the cohort's robust scale moved ({recorded.get('scale')} then, {now['scale']} now)"
+    return None
 
 
 def _input_change(recorded: object, now: list[dict]) -> str | None:

@@ -9,13 +9,12 @@ smoothed, referenced to the body when the head's ``map_reference`` is ``body``):
 * ``visualad+mutual``: the two patch-score grids put on one scale before they
   are added: the head's (the method's sum over taps of ``cos(SAF(p), a') -
   cos(SAF(p), n')``) and the cohort's are each robust-standardised over every
-  patch of the scan (minus the scan's median, over 1.4826 x its median
-  absolute deviation, :func:`~visualad_med.model.mutual.robust_standardise`), and the
-  fused grid is their mean, standardised again. (2D runs standardise over every
-  image of the run.)
+  patch of the cohort (minus the cohort's median, over 1.4826 x its median
+  absolute deviation, :func:`~visualad_med.model.mutual.robust_statistics`,
+  :class:`CohortScale`), and the fused grid is their mean, standardised again.
 
 ``mutual`` alone is standardised the same way, so for both 1 unit is one robust
-standard deviation of the scan's patch scores. The mask threshold of both is
+standard deviation of the cohort's patch scores. The mask threshold of both is
 :data:`COHORT_THRESHOLD` of those units (a fixed rule, not calibrated on any
 medical data).
 """
@@ -23,13 +22,14 @@ medical data).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 
 from .torch_model import VisualAD, upsample_scores
 from .candidates import DEFAULT_CANDIDATES
-from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_standardise
+from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_statistics
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
 from visualad_med.errors import SettingError
@@ -40,7 +40,7 @@ COHORT_SCORINGS = ("mutual", "visualad+mutual")
 DEFAULT_VOLUME_SCORING = "mutual"
 """What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
-"""Mask threshold of cohort maps, in robust standard deviations above the scan's median."""
+"""Mask threshold of cohort maps, in robust standard deviations above the cohort's median."""
 MATCHES = ("anatomy", "position")
 """How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
 
@@ -116,10 +116,61 @@ class CohortSettings:
 
 
 def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
-    """``(M, N)`` patch scores of a scan (or a 2D run): standardised ``mutual``, or the mean of both
-    standardised grids, standardised again (so the threshold means the same number of robust sd for both)."""
-    mutual = robust_standardise(cohort)
-    return mutual if scoring == "mutual" else robust_standardise((robust_standardise(head) + mutual) / 2.0)
+    """``(M, N)`` patch scores of a 2D run: standardised ``mutual``, or the mean of both standardised grids,
+    standardised again (so the threshold means the same number of robust sd for both scorings)."""
+    return CohortScale.of(scoring, head, cohort).apply(head, cohort)
+
+
+SCALE_STEP = 1.05
+"""Robust scales of a volume cohort are rounded to powers of this (2.5 % at most), medians to an eighth of
+the scale, so that adding a few scans to a large cohort seldom moves them (see :class:`CohortScale`)."""
+
+
+def _rounded(location: float, scale: float, quantise: bool) -> tuple[float, float]:
+    if not quantise:
+        return location, scale
+    scale = SCALE_STEP ** round(math.log(scale, SCALE_STEP))
+    return round(location / scale * 8) / 8 * scale, scale
+
+
+@dataclass(frozen=True)
+class CohortScale:
+    """The robust location and scale (median, 1.4826 x MAD) of a cohort's patch scores, for each stream.
+
+    ``mutual``: ``(mutual - m_mutual) / s_mutual``; ``visualad+mutual``: the mean of the head's and the
+    cohort's standardised grids, standardised again with ``(m_fused, s_fused)``. All statistics are
+    over every patch of the cohort, so a map keeps its rank among the maps of other scans. With
+    ``quantise`` (volume cohorts) they are rounded (:data:`SCALE_STEP`): each scan's report records
+    them, and a finished scan is redone only when they change.
+    """
+
+    scoring: str
+    mutual: tuple[float, float]
+    head: tuple[float, float] = (0.0, 1.0)
+    fused: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def of(cls, scoring: str, head: torch.Tensor, cohort: torch.Tensor, quantise: bool = False) -> CohortScale:
+        """The scale of ``(M, N)`` head and cohort patch scores of a whole cohort."""
+        mutual = _rounded(*robust_statistics(cohort), quantise)
+        if scoring == "mutual":
+            return cls(scoring, mutual)
+        head_scale = _rounded(*robust_statistics(head), quantise)
+        unfused = cls(scoring, mutual, head_scale)
+        return replace(unfused, fused=_rounded(*robust_statistics(unfused._mean(head, cohort)), quantise))
+
+    def _mean(self, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
+        return ((head - self.head[0]) / self.head[1] + (cohort - self.mutual[0]) / self.mutual[1]) / 2.0
+
+    def apply(self, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
+        """``(S, N)`` patch scores of some of the cohort's images on the cohort's scale."""
+        if self.scoring == "mutual":
+            return (cohort - self.mutual[0]) / self.mutual[1]
+        return (self._mean(head, cohort) - self.fused[0]) / self.fused[1]
+
+    def describe(self) -> dict:
+        """The statistics, as a report records them."""
+        return {"mutual": list(self.mutual), "head": list(self.head), "fused": list(self.fused)}
 
 
 def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

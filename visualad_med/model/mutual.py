@@ -194,15 +194,20 @@ def cohort_scores(features: torch.Tensor, candidates: Candidates, fraction: floa
     return scores
 
 
-def robust_standardise(maps: torch.Tensor, sample: int = 1_000_000) -> torch.Tensor:
-    """``(maps - median) / (1.4826 x MAD)`` with the median and MAD of the whole cohort (a seeded sample).
-
-    Puts maps of different scorings on one scale: 0 is the cohort's typical value, 1 one robust
-    standard deviation above it.
-    """
+def robust_statistics(maps: torch.Tensor, sample: int = 1_000_000) -> tuple[float, float]:
+    """``(median, 1.4826 x MAD)`` of all values of ``maps`` (of a seeded sample of ``sample`` values beyond that)."""
     flat = maps.reshape(-1).float()
     if flat.numel() > sample:
         flat = flat[torch.randint(flat.numel(), (sample,), generator=torch.Generator().manual_seed(0))]
     median = flat.median()
-    scale = (flat - median).abs().median().clamp_min(1e-12) * 1.4826
+    return float(median), float((flat - median).abs().median().clamp_min(1e-12) * 1.4826)
+
+
+def robust_standardise(maps: torch.Tensor, sample: int = 1_000_000) -> torch.Tensor:
+    """``(maps - median) / (1.4826 x MAD)`` with the median and MAD of the whole cohort (:func:`robust_statistics`).
+
+    Puts maps of different scorings on one scale: 0 is the cohort's typical value, 1 one robust
+    standard deviation above it.
+    """
+    median, scale = robust_statistics(maps, sample)
     return (maps - median) / scale
