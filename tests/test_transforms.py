@@ -115,9 +115,10 @@ def test_percentile_scaling_uses_the_whole_volume_and_clips():
 @pytest.mark.parametrize(
     "meta, expected",
     [
-        ({"Modality": "CT"}, "brain"),
-        ({"0008|0060": "CT "}, "brain"),  # ITKReader, DICOM padding kept
-        ({"00080060": {"vr": "CS", "Value": ["CT"]}}, "brain"),  # PydicomReader JSON
+        ({"Modality": "CT", "BodyPartExamined": "HEAD"}, "brain"),
+        ({"0008|0060": "CT ", "SeriesDescription": "Brain w/o"}, "brain"),  # ITKReader, DICOM padding kept
+        ({"00080060": {"vr": "CS", "Value": ["CT"]}, "BodyPartExamined": "ABDOMEN"}, "abdomen"),  # PydicomReader
+        ({"Modality": "CT", "BodyPartExamined": "HEAD NECK"}, "abdomen"),  # soft tissue for the neck
         ({"Modality": "MR"}, "percentile"),
         ({"0008|0060": "PT"}, "percentile"),
         ({}, "percentile"),  # NIfTI: no modality
@@ -370,9 +371,9 @@ def blob_volume(shape, linear, spacing, centre, **meta) -> MetaTensor:
 def test_pipeline_blob_lands_back_at_its_voxel(linear, spacing, plane):
     centre = (30, 8, 5)
     vol = blob_volume((40, 32, 24), linear, spacing, centre, Modality="CT")
-    window = T.resolve_intensity_window(vol)
-    assert window == ("brain", 0.0, 80.0)
-    pipe = T.slice_pipeline(48, MEAN, STD, window[1:], plane=plane, body_min_fraction=0.001)
+    window = T.resolve_intensity_window(vol, "brain")
+    assert window == ("brain", 0.0, 80.0, "")
+    pipe = T.slice_pipeline(48, MEAN, STD, (window.low, window.high), plane=plane, body_min_fraction=0.001)
     slices, info = pipe.forward(vol)
     assert slices.shape == (vol.shape[1 + info.axis], 3, 48, 48) and not isinstance(slices, MetaTensor)
     assert info.axis == T.anatomical_axis(vol.affine, plane)
@@ -400,7 +401,7 @@ def test_pipeline_with_resizing_matches_within_tolerance():
     vol = MetaTensor(smooth, affine=torch.from_numpy(affine(FLIPPED_PERM)), meta={"Modality": "MR"})
     window = T.resolve_intensity_window(vol)
     assert window.spec == "percentile"
-    pipe = T.slice_pipeline(64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), window[1:], plane="coronal")
+    pipe = T.slice_pipeline(64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (window.low, window.high), plane="coronal")
     slices, info = pipe.forward(vol)
     back = pipe.inverse(slices[:, 0], info)
     expected = T.WindowIntensity("percentile")(vol)[0]
@@ -409,12 +410,12 @@ def test_pipeline_with_resizing_matches_within_tolerance():
 
 def test_pipeline_normalises_and_flags_empty_slices():
     vol = blob_volume((20, 20, 10), IDENTITY, (1.0, 1.0, 1.0), (10, 10, 5), Modality="CT")
-    pipe = T.slice_pipeline(32, MEAN, STD, T.resolve_intensity_window(vol)[1:])
+    pipe = T.slice_pipeline(32, MEAN, STD, T.resolve_intensity_window(vol)[1:3])
     slices, info = pipe.forward(vol)
     assert info.body.tolist() == [False] * 4 + [True] * 3 + [False] * 3
     air = (torch.zeros(3) - torch.tensor(MEAN)) / torch.tensor(STD)  # air and padding are 0 before normalising
     assert torch.allclose(slices[0, :, 0, 0], air, atol=1e-6)
-    assert T.resolve_intensity_window(vol, (200, 80)) == ((200.0, 80.0), -20.0, 180.0)
+    assert T.resolve_intensity_window(vol, (200, 80)) == ((200.0, 80.0), -20.0, 180.0, "")
 
 
 def test_pipeline_contract_errors():

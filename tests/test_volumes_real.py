@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -41,6 +42,15 @@ def test_cq500_discovery_leaves_out_the_stray_slice(cq500):
     scan, _, _ = cq500
     assert scan.kind == "dicom" and scan.modality == "CT" and len(scan.files) == 238
     assert all(f.name != "CT000000.dcm" for f in scan.files)
+
+
+def test_cq500_auto_window_is_the_brain_window_found_by_the_head_rule(cq500, tmp_path: Path):
+    scan, volume, _ = cq500
+    window = load_scan(scan).window
+    assert window.spec == "brain" and "a head by its size" in window.reason  # its headers name no region
+    nifti = tmp_path / "cq500.nii.gz"  # the same CT without tags, as NIfTI in HU
+    nib.save(nib.Nifti1Image(np.rint(volume[0].numpy()).astype(np.int16), volume.affine.numpy()), nifti)
+    assert load_scan(nifti).window.spec == "brain"
 
 
 def test_cq500_grid_is_exact_at_every_acquired_slice(cq500):

@@ -23,6 +23,8 @@ from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRa
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import TransformBackends, convert_to_tensor
 
+from .ct_window import looks_like_hu, region_window
+
 __all__ = [
     "CT_WINDOWS",
     "MODALITY_KEYS",
@@ -30,6 +32,7 @@ __all__ = [
     "WindowSpec",
     "WindowIntensity",
     "WindowIntensityd",
+    "auto_window",
     "modality_from_meta",
     "resolve_intensity_window",
     "resolve_window",
@@ -108,27 +111,14 @@ def modality_from_meta(meta: Mapping[Any, Any] | None) -> str | None:
     return None
 
 
-def resolve_window(
-    window: str | Sequence[float], meta: Mapping[Any, Any] | None = None, ct_window: str | Sequence[float] = "brain"
-) -> WindowSpec:
-    """Resolve ``"auto"`` to a concrete window and validate the others.
-
-    Args:
-        window: ``"auto"``, ``"percentile"``, a ``CT_WINDOWS`` preset or ``(width, level)`` in HU.
-        meta: meta dictionary of the image, read only for ``"auto"``.
-        ct_window: the CT window ``"auto"`` uses when the modality is CT.
-
-    Returns:
-        ``ct_window`` when ``window="auto"`` and the modality is CT, ``"percentile"`` for
-        ``"auto"`` with any other or no modality; otherwise ``window`` itself (a preset name,
-        ``"percentile"`` or a ``(width, level)`` tuple of floats).
+def resolve_window(window: str | Sequence[float]) -> WindowSpec:
+    """Validate a window setting: ``"auto"`` (resolved per volume by :func:`auto_window`), ``"percentile"``, a
+    ``CT_WINDOWS`` preset or ``(width, level)`` in HU; tuples come back as floats.
 
     Raises:
         ValueError: for an unknown name or an invalid ``(width, level)``.
     """
-    if isinstance(window, str) and window == "auto":
-        return _ct_window(ct_window) if modality_from_meta(meta) == "CT" else "percentile"
-    if isinstance(window, str) and window == "percentile":
+    if isinstance(window, str) and window in ("auto", "percentile"):
         return window
     return _ct_window(window)
 
@@ -146,12 +136,13 @@ class WindowIntensity(Transform):
     to 1 and clips outside (MONAI ``ScaleIntensityRange``). Percentile scaling maps the
     ``percentiles`` of the whole image (all channels together) to 0 and 1 and clips (MONAI
     ``ScaleIntensityRangePercentiles``), the usual choice for MR whose intensities have no unit.
-    ``"auto"`` reads the modality from the ``MetaTensor`` meta (``modality_from_meta``): CT gets
-    ``ct_window``, anything else, or no modality (e.g. NIfTI), percentile scaling.
+    ``"auto"`` is :func:`auto_window`: CT (by Modality, or by Hounsfield units without one) gets
+    ``ct_window``, or with ``None`` the window of its body region; anything else percentile scaling.
 
     Args:
         window: ``"auto"``, ``"percentile"``, a preset name from ``CT_WINDOWS`` or ``(width, level)`` in HU.
-        ct_window: the CT window used by ``"auto"`` for CT images; a preset name or ``(width, level)``.
+        ct_window: the CT window used by ``"auto"`` for CT images; a preset name or ``(width, level)``;
+            ``None``: by body region (:func:`~visualad_med.transforms.ct_window.region_window`).
         percentiles: lower and upper percentiles (0..100) for percentile scaling.
 
     Raises:
@@ -168,21 +159,22 @@ class WindowIntensity(Transform):
     def __init__(
         self,
         window: str | Sequence[float] = "auto",
-        ct_window: str | Sequence[float] = "brain",
+        ct_window: str | Sequence[float] | None = None,
         percentiles: Sequence[float] = (0.5, 99.5),
     ) -> None:
         if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
             raise ValueError(f"percentiles must be (lower, upper), 0 <= lower < upper <= 100, got {percentiles}.")
         lower, upper = float(percentiles[0]), float(percentiles[1])
         self.window = "auto" if isinstance(window, str) and window == "auto" else resolve_window(window)
-        self.ct_window = _ct_window(ct_window)
+        self.ct_window = None if ct_window is None else _ct_window(ct_window)
         self.percentiles = (lower, upper)
         self._percentile = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=1.0, clip=True)
 
     def resolve(self, img: NdarrayOrTensor) -> WindowSpec:
-        """Return the window this transform applies to ``img`` (``"auto"`` resolved from its meta)."""
-        meta = img.meta if isinstance(img, MetaTensor) else None
-        return resolve_window(self.window, meta, self.ct_window)
+        """Return the window this transform applies to ``img`` (``"auto"``: :func:`auto_window`)."""
+        if self.window == "auto":
+            return auto_window(img, self.ct_window)[0]
+        return self.window
 
     def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
         """Window ``img``.
@@ -201,27 +193,59 @@ class WindowIntensity(Transform):
         return ScaleIntensityRange(a_min, a_max, b_min=0.0, b_max=1.0, clip=True)(img)
 
 
+def auto_window(volume: NdarrayOrTensor, ct_window: str | Sequence[float] | None = None) -> tuple[WindowSpec, str]:
+    """What ``"auto"`` means for ``volume``, and why.
+
+    CT, by its Modality or, without one, by Hounsfield units
+    (:func:`~visualad_med.transforms.ct_window.looks_like_hu`), gets ``ct_window``, or with ``None``
+    the window of its body region (:func:`~visualad_med.transforms.ct_window.region_window`: the
+    brain window for a head, soft tissue W400 L40 otherwise); any other modality, or none and no
+    Hounsfield units, percentile scaling. A plain tensor is read as a volume with an identity affine.
+    """
+    meta = volume.meta if isinstance(volume, MetaTensor) else None
+    voxels = convert_to_tensor(volume, track_meta=False)
+    modality = modality_from_meta(meta)
+    if modality not in (None, "CT"):
+        return "percentile", f"Modality {modality}"
+    if modality == "CT":
+        why = "Modality CT"
+    else:
+        hounsfield, facts = looks_like_hu(voxels)
+        if not hounsfield:
+            return "percentile", f"no Modality, not Hounsfield units ({facts})"
+        why = f"no Modality, Hounsfield units ({facts})"
+    if ct_window is not None:
+        return _ct_window(ct_window), f"{why}; the CT window asked for"
+    if voxels.ndim != 4:
+        return "abdomen", f"{why}; soft-tissue window (not a (C, X, Y, Z) volume: no region)"
+    affine = meta.get("affine", torch.eye(4)) if meta else torch.eye(4)
+    preset, region = region_window(voxels, affine, meta)
+    return preset, f"{why}; {preset} window: {region}"
+
+
 class ResolvedWindow(NamedTuple):
-    """The window of one volume: what was chosen and the input intensities it maps to 0 and 1.
+    """The window of one volume: what was chosen, why, and the input intensities it maps to 0 and 1.
 
     Attributes:
         spec: a ``CT_WINDOWS`` name, ``(width, level)`` in HU, or ``"percentile"``.
         low: input intensity (HU for CT) mapped to 0.
         high: input intensity mapped to 1; ``high <= low`` only for a constant volume.
+        reason: why ``auto`` chose ``spec`` (empty when the window was given).
     """
 
     spec: WindowSpec
     low: float
     high: float
+    reason: str = ""
 
 
 def resolve_intensity_window(
     volume: NdarrayOrTensor,
     window: str | Sequence[float] = "auto",
-    ct_window: str | Sequence[float] = "brain",
+    ct_window: str | Sequence[float] | None = None,
     percentiles: Sequence[float] = (0.5, 99.5),
 ) -> ResolvedWindow:
-    """Resolve the window of a whole volume once: ``"auto"`` by its modality, percentiles over all its voxels.
+    """Resolve the window of a whole volume once: ``"auto"`` by :func:`auto_window`, percentiles over all its voxels.
 
     A CT window gives ``level -+ width / 2`` HU. Percentile scaling takes the percentiles of the
     whole volume (as MONAI's ``ScaleIntensityRangePercentiles`` does); when they coincide (more
@@ -232,17 +256,17 @@ def resolve_intensity_window(
     Args:
         volume: e.g. ``(1, X, Y, Z)``; a ``MetaTensor``'s meta gives the modality for ``"auto"``.
         window: see :py:class:`WindowIntensity`.
-        ct_window: the CT window ``"auto"`` uses for CT.
+        ct_window: the CT window ``"auto"`` uses for CT; ``None``: by body region.
         percentiles: lower and upper percentiles of percentile scaling.
 
     Raises:
         ValueError: for an unknown window name, a width <= 0 or invalid percentiles.
     """
     windowing = WindowIntensity(window, ct_window, percentiles)
-    spec = windowing.resolve(volume)
+    spec, reason = auto_window(volume, windowing.ct_window) if windowing.window == "auto" else (windowing.window, "")
     if spec != "percentile":
         low, high = window_range(spec)
-        return ResolvedWindow(spec, low, high)
+        return ResolvedWindow(spec, low, high, reason)
     voxels = convert_to_tensor(volume, track_meta=False)
     low, high = (float(v) for v in percentile(voxels, list(windowing.percentiles)))
     if high <= low:
@@ -250,7 +274,7 @@ def resolve_intensity_window(
         name = volume.meta.get("scan_name", "scan") if isinstance(volume, MetaTensor) else "scan"
         logger.warning("%s: percentiles %s of the intensities coincide; scaling min..max (%g..%g) instead", name,
                        windowing.percentiles, low, high)
-    return ResolvedWindow(spec, low, high)
+    return ResolvedWindow(spec, low, high, reason)
 
 
 class WindowIntensityd(MapTransform):
@@ -270,7 +294,7 @@ class WindowIntensityd(MapTransform):
         self,
         keys: KeysCollection,
         window: str | Sequence[float] = "auto",
-        ct_window: str | Sequence[float] = "brain",
+        ct_window: str | Sequence[float] | None = None,
         percentiles: Sequence[float] = (0.5, 99.5),
         allow_missing_keys: bool = False,
     ) -> None:

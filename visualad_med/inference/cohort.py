@@ -232,7 +232,7 @@ class CohortScoring:
     def _compare(self, name: str) -> torch.Tensor:
         """:meth:`compared`, computed."""
         entry = self.entries[name]
-        query = torch.from_numpy(np.array(entry.features))
+        query = torch.from_numpy(entry.features.read())
         if self.candidates is None:
             return self.settings.bank.scores(query, torch.from_numpy(entry.positions).float(), self.settings.window)
         names, scan_of, index = self._slice_table
@@ -243,9 +243,12 @@ class CohortScoring:
             chosen = self.candidates.of(start + k)
             if not chosen.size:
                 continue
-            references = torch.from_numpy(np.stack([
-                np.asarray(self.entries[names[scan_of[j]]].features[j - offsets[names[scan_of[j]]]]) for j in chosen]))
-            scores[k] = grouped_scores(query[k], references, scan_of[chosen].tolist(), self.settings.fraction)
+            groups = [chosen[scan_of[chosen] == scan] for scan in np.unique(scan_of[chosen])]
+            references = torch.from_numpy(np.concatenate([
+                self.entries[names[scan_of[group[0]]]].features.rows(group - offsets[names[scan_of[group[0]]]])
+                for group in groups]))
+            labels = np.concatenate([scan_of[group] for group in groups])
+            scores[k] = grouped_scores(query[k], references, labels.tolist(), self.settings.fraction)
         return scores
 
     def report(self) -> dict:

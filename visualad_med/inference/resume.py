@@ -28,7 +28,7 @@ from visualad_med.model.visualad import VisualAD
 
 from .settings import RunSettings
 
-REPORT_SCHEMA = "visualad_med.scan_report/2"
+REPORT_SCHEMA = "visualad_med.scan_report/3"
 """The ``report_schema`` of the reports this version writes; a report of another is not trusted."""
 
 HEADER_BYTES = 64 * 1024

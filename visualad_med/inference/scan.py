@@ -230,6 +230,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
         "gantry_tilt_deg": scan.volume.meta.get("gantry_tilt_deg"),
         "interpolated_slices": scan.volume.meta.get("interpolated_slices"),
         "window": scan.window.spec,
+        "window_reason": scan.window.reason,
         "window_range": (scan.window.low, scan.window.high),
         "planes": list(settings.planes),
         "threshold": result.threshold,

@@ -34,6 +34,7 @@ from monai.transforms import LoadImage
 from monai.utils import ImageMetaKey, MetaKeys
 
 from visualad_med.transforms import ResolvedWindow, resolve_intensity_window
+from visualad_med.transforms.ct_window import REGION_KEYS
 
 from .budget import BYTES_PER_VOXEL, budget_problem
 from .dicom_series import MAX_GAP_SLICES, DicomSeries
@@ -85,7 +86,8 @@ def load_scan(
 
     Args:
         source: a scan from :func:`~visualad_med.io.find_scans`, or a path holding exactly one.
-        window: ``auto`` (CT brain window for CT, percentiles otherwise), ``percentile``, a CT preset
+        window: ``auto`` (CT, by Modality or Hounsfield units: the window of its body region;
+            percentiles otherwise; :func:`~visualad_med.transforms.auto_window`), ``percentile``, a CT preset
             or ``(width, level)`` in HU (:func:`~visualad_med.transforms.resolve_intensity_window`);
             ``None`` for none (label volumes).
         max_gap_slices: most consecutive missing DICOM slices filled by interpolation.
@@ -124,6 +126,8 @@ def load_scan(
     _check_finite(image, source.path)
     image.meta["Modality"] = source.modality or ""
     image.meta["scan_name"] = source.name
+    if series is not None:  # the body region's words, for the window of ``auto`` (transforms.ct_window)
+        image.meta.update({key: str(series.datasets[0].get(key, "") or "") for key in REGION_KEYS})
     logger.info("%s: loaded %s volume %s", source.name, source.kind, tuple(image.shape[1:]))
     return Scan(source, image, series, None if window is None else resolve_intensity_window(image, window))
 
