@@ -17,6 +17,7 @@ import torch
 from conftest import tiny_vit
 from safetensors.torch import save_file
 
+from visualad_med.inference.cohort import CohortScoring
 from visualad_med.inference.folder import run_folder
 from visualad_med.inference.settings import RunSettings
 from visualad_med.io import find_scans
@@ -54,6 +55,13 @@ def entry_times(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in sorted((out / ".features").glob("*.features.npy"))}
 
 
+def hold_scale_and_threshold(monkeypatch) -> None:
+    """Fix the cohort's scale and mask threshold, as a large cohort's, which one scan more or less does not move."""
+    fixed = CohortScale("visualad+mutual", (0.4, 0.2), (0.1, 0.1), (0.0, 1.0))
+    monkeypatch.setattr(CohortScale, "of", classmethod(lambda cls, *args, **kwargs: fixed))
+    monkeypatch.setattr(CohortScoring, "voxel_threshold", lambda self, *args: 2.0)
+
+
 def test_a_killed_cohort_run_resumes_skipping_finished_scans_with_the_same_maps(tmp_path, caplog):
     for k in range(4):
         write_scan(tmp_path / "scans", k)
@@ -81,8 +89,7 @@ def test_a_killed_cohort_run_resumes_skipping_finished_scans_with_the_same_maps(
 
 def test_an_added_scan_extracts_only_its_features_and_rescores_the_scans_it_is_a_candidate_of(tmp_path, caplog,
                                                                                              monkeypatch):
-    fixed = CohortScale("visualad+mutual", (0.4, 0.2), (0.1, 0.1), (0.0, 1.0))
-    monkeypatch.setattr(CohortScale, "of", classmethod(lambda cls, *args, **kwargs: fixed))  # a large cohort's
+    hold_scale_and_threshold(monkeypatch)
     for k in range(3):
         write_scan(tmp_path / "scans", k)
     cohort_run(tmp_path / "scans", tmp_path / "out", candidates=2)
@@ -119,10 +126,12 @@ def test_a_scan_added_to_a_small_cohort_moves_its_scale_and_every_scan_is_redone
     assert len(scales) == len(now) == 1 and scales != now  # one scale per run, and it moved
     for k in range(3):
         assert f"scan{k}: scan{k}_report.json no longer matches: " in caplog.text
-    assert caplog.text.count("the cohort's robust scale moved") + caplog.text.count("candidates changed") >= 3
+    moved = ("the cohort's robust scale moved", "candidates changed", "setting threshold was")
+    assert sum(caplog.text.count(reason) for reason in moved) >= 3
 
 
-def test_a_changed_scan_recomputes_its_features_and_redoes_the_scans_that_used_it(tmp_path, caplog):
+def test_a_changed_scan_recomputes_its_features_and_redoes_the_scans_that_used_it(tmp_path, caplog, monkeypatch):
+    hold_scale_and_threshold(monkeypatch)
     for k in range(3):
         write_scan(tmp_path / "scans", k)
     cohort_run(tmp_path / "scans", tmp_path / "out")

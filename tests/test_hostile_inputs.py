@@ -322,3 +322,41 @@ def test_every_head_config_field_is_validated_at_load(tmp_path, caplog, field, v
     assert cli("predict", image, "--out", tmp_path / "pred", "--head", head, "--backbone-weights", "random",
                "--device", "cpu") == 2
     assert f"head config field {field!r}: {problem}, got {value!r}" in caplog.text
+
+
+# --- issue 24: the last hostile inputs ----------------------------------------------------------------------
+
+
+def test_float_pixel_data_is_named_as_not_supported(tmp_path, caplog):
+    files = write_dicom_series(tmp_path / "scans" / "floats", slices(), description="floats")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = np.zeros((12, 10), dtype=np.float32).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    assert cli("infer", tmp_path / "scans", tmp_path / "out", *MODEL) == 1
+    assert ("FloatPixelData (7FE0,0008) found: float pixel data is not supported (only PixelData, integer pixels "
+            "with RescaleSlope/Intercept)") in caplog.text
+
+
+def test_a_mask_far_larger_than_its_image_is_named_and_counted(tmp_path, caplog):
+    root = make_mvfa(tmp_path / "mvfa", "Brain")
+    mask = sorted((root / "Brain_AD/test/Ungood/anomaly_mask").iterdir())[0]
+    Image.new("1", (20000, 10000)).save(mask)  # a few KB, 200 million pixels, for a 40 x 32 image
+    assert cli("evaluate", "--data", root, "--layout", "mvfa", "--out", tmp_path / "out", "--overlays", "0",
+               *MODEL) == 0
+    assert f"unreadable mask {mask}" in caplog.text and "image kept for image metrics only" in caplog.text
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    brain = results["classes"]["Brain"]
+    assert brain["counts"]["mask_problems"] == 1 and brain["mask_problems"][0]["mask"] == str(mask)
+
+
+def test_a_large_grey_png_is_scored_without_full_size_float_copies(tmp_path):
+    big = tmp_path / "big" / "big.png"
+    big.parent.mkdir()
+    Image.fromarray((np.add.outer(np.arange(6000), np.arange(6000)) % 251).astype(np.uint8)).save(big)
+    code, output, peak = cli_peak("predict", big, "--out", tmp_path / "pred", *MODEL, budget_gib=8)
+    assert code == 0, output
+    assert json.loads((tmp_path / "pred" / "big.json").read_text())["score"] is not None
+    assert peak < PEAK_LARGE_PNG_KIB, f"peak RSS {peak / 2**20:.2f} GiB"

@@ -10,8 +10,8 @@ then chosen over the whole store: its ``K`` nearest slices of other scans by glo
 (:func:`~visualad_med.model.candidates.nearest_slices`, FAISS), or the slices near its position
 (``match="position"``, the earlier rule), or a reference bank.
 
-Each rank then scores its share: every slice against its candidates' features (memory-mapped
-from the store), candidates of one scan counting as one image
+Each rank then scores its share: every slice against its candidates' features (rows read from
+the store), candidates of one scan counting as one image
 (:func:`~visualad_med.model.mutual.grouped_scores`); the scores are kept in the store under the
 digest of the candidates they were made against. After a second barrier every rank reads all of
 them and takes the cohort's robust statistics (:class:`~visualad_med.model.cohort.CohortScale`,
@@ -40,7 +40,8 @@ from visualad_med.io import ScanLoadError, ScanSource, load_scan
 from visualad_med.model.candidates import SliceCandidates, nearest_slices
 from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings
 from visualad_med.model.cohort import CohortScale, patch_maps
-from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates
+from visualad_med.model.body_reference import volume_body_mask
+from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates, robust_statistics
 from visualad_med.model.reference_bank import ReferenceBank
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
 
@@ -49,11 +50,17 @@ from .feature_store import FeatureStore, ScanFeatures, feature_key
 from .resume import input_identity
 from .scan import LoadedScan, ScanResult, finish_scan
 from .settings import RunSettings
-from .slices import SliceInferer, slice_preprocessing
+from .slices import ScanMaps, SliceInferer, slice_preprocessing
 
 logger = logging.getLogger(__name__)
 
 LOAD_ERRORS = (ScanLoadError, ValueError, OSError, RuntimeError)
+NULL_SCANS = 8
+"""Scans whose maps make the cohort's voxel null, of which the mask threshold is a tail point."""
+NULL_VOXELS = 200_000
+"""Body voxels taken (at random, seeded) from each of those scans."""
+NULL_SD = 3.0
+"""The mask threshold in robust sd of the voxel null above its median (0.13 % one-sided for a normal null)."""
 
 
 def feature_settings(model: VisualAD, settings: RunSettings, inferer: SliceInferer, head_sha256: str | None,
@@ -94,6 +101,7 @@ class CohortScoring:
         candidates: every slice's candidates (``None`` with a reference bank).
         store: the feature store.
         scale: the cohort's robust statistics (:class:`~visualad_med.model.cohort.CohortScale`).
+        threshold: the mask threshold on the maps (:meth:`voxel_threshold`).
     """
 
     model: VisualAD
@@ -104,6 +112,7 @@ class CohortScoring:
     candidates: SliceCandidates | None
     store: FeatureStore
     scale: CohortScale | None = None
+    threshold: float = COHORT_THRESHOLD
 
     @classmethod
     def prepare(cls, model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
@@ -148,6 +157,7 @@ class CohortScoring:
             prepared.compared(name)  # stored for the scale below and for writing
         barrier()
         prepared.scale = prepared.cohort_scale()
+        prepared.threshold = prepared.voxel_threshold({s.name: s for s in scans}, settings, inferer)
         return prepared
 
     def cohort_scale(self) -> CohortScale:
@@ -195,6 +205,10 @@ class CohortScoring:
 
     def infer(self, loaded: LoadedScan, settings: RunSettings, inferer: SliceInferer, begun: float) -> ScanResult:
         """Score one scan against its candidates and place its maps on its grid (see the module docstring)."""
+        return finish_scan(self.model, loaded, settings, self.maps(loaded, inferer), begun)
+
+    def maps(self, loaded: LoadedScan, inferer: SliceInferer) -> ScanMaps:
+        """One scan's map volume from its cohort scores on the cohort's scale."""
         name = loaded.scan.source.name
         if name not in self.entries:
             raise ScanLoadError(loaded.scan.source.path, f"left out of the cohort: {self.failed.get(name)}")
@@ -216,7 +230,30 @@ class CohortScoring:
         scan = loaded.scan
         maps = inferer.assemble(scan.volume, step, model.config.image_size,
                                 slice_preprocessing(model.config, (scan.window.low, scan.window.high)))
-        return finish_scan(model, loaded, settings, maps, begun)
+        return maps
+
+    def voxel_threshold(self, sources: dict[str, ScanSource], settings: RunSettings, inferer: SliceInferer) -> float:
+        """The mask threshold: :data:`NULL_SD` robust sd above the median of the body voxels of the maps of
+        :data:`NULL_SCANS` scans (those with the smallest sha256 of their feature key: a few added scans
+        seldom change the choice), rounded to an eighth of that sd."""
+        chosen = sorted(self.entries, key=lambda n: hashlib.sha256(self.entries[n].digest.encode()).hexdigest())
+        values = []
+        for name in chosen[:NULL_SCANS]:
+            try:
+                scan = load_scan(sources[name], window=settings.window)
+            except LOAD_ERRORS as error:
+                logger.warning("%s: left out of the mask threshold's null: %s", name, getattr(error, "reason", error))
+                continue
+            maps = self.maps(LoadedScan(scan, 0.0, 0.0), inferer)
+            anomaly = maps.anomaly[0].as_tensor()
+            body = volume_body_mask(scan.volume[0].as_tensor(), (scan.window.low, scan.window.high))
+            inside = anomaly[body & maps.scores.run_voxels(tuple(anomaly.shape))]
+            values.append(inside[torch.randperm(inside.numel(), generator=torch.Generator().manual_seed(0))[:NULL_VOXELS]])
+        if not values:
+            return COHORT_THRESHOLD
+        median, spread = robust_statistics(torch.cat(values))
+        step = spread / 8
+        return round((median + NULL_SD * spread) / step) * step
 
     def compared(self, name: str) -> torch.Tensor:
         """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices, from the store when they
@@ -256,7 +293,8 @@ class CohortScoring:
         return {**self.settings.describe(self.model), "scans": len(self.entries),
                 "fallback_same_scan": bool(self.candidates is not None and self.candidates.fallback_same_scan),
                 "feature_store": str(self.store.folder), "scale": self.scale.describe(),
-                "threshold_rule": f"{COHORT_THRESHOLD:g} robust sd of the cohort's patch scores"}
+                "threshold_rule": f"median + {NULL_SD:g} robust sd of the body voxels of {NULL_SCANS} scans' maps "
+                                  f"(at most {NULL_VOXELS} voxels each)"}
 
 
 def candidate_identity(settings: dict, rows: object, scans: list[str], scale: dict | None = None) -> dict:

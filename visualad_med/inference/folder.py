@@ -34,7 +34,7 @@ from visualad_med.io.atomic import remove_stale_temporaries
 from visualad_med.io.folder_lock import lock_output_folder
 from visualad_med.io import ScanLoadError, ScanSource, find_scans, write_summary_csv
 from visualad_med.io.run_index import write_run_index
-from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings
+from visualad_med.model.cohort import CohortSettings
 from visualad_med.model.visualad import VisualAD
 
 from .cohort import CohortScoring
@@ -170,12 +170,12 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     inferer = inferer or settings.inferer(model)
     scoring = None
     if cohort is not None and cohort.applies_to(len(scans)):
-        if settings.threshold is None:
-            settings = replace(settings, threshold=COHORT_THRESHOLD)
         store = FeatureStore(Path(settings.feature_store) if settings.feature_store else out_dir / STORE_FOLDER)
         if store.folder.is_dir():
             remove_stale_temporaries(store.folder, older_than=time.time())
         scoring = CohortScoring.prepare(model, list(scans), settings, cohort, inferer, store, head_sha256)
+        if settings.threshold is None:
+            settings = replace(settings, threshold=scoring.threshold)
 
     run_key = settings_identity(model, settings, head_sha256, inferer.precision)
     identities: dict[str, dict] = {}
@@ -218,7 +218,7 @@ def cohort_report(cohort: CohortScoring | None, settings: RunSettings) -> dict |
     if cohort is None:
         return None
     rule = cohort.report()["threshold_rule"]
-    return {"cohort": cohort.report(), "threshold_source": rule if settings.threshold == COHORT_THRESHOLD else "user"}
+    return {"cohort": cohort.report(), "threshold_source": rule if settings.threshold == cohort.threshold else "user"}
 
 
 def _summary_row(source: ScanSource, report: dict) -> dict:

@@ -104,6 +104,11 @@ def _check_pixel_data(path: Path, header: pydicom.Dataset) -> None:
     """A PixelData element that holds every pixel the header declares and ends inside the file."""
     element = header.get_item(0x7FE00010)
     if element is None:
+        floats = [name for tag, name in ((0x7FE00008, "FloatPixelData (7FE0,0008)"),
+                                         (0x7FE00009, "DoubleFloatPixelData (7FE0,0009)")) if tag in header]
+        if floats:
+            raise ScanLoadError(path, f"{floats[0]} found: float pixel data is not supported (only PixelData, "
+                                "integer pixels with RescaleSlope/Intercept)")
         raise ScanLoadError(path, "no PixelData element")
     transfer_syntax = header.file_meta.get("TransferSyntaxUID")
     if transfer_syntax is not None and transfer_syntax.is_encapsulated:

@@ -272,12 +272,31 @@ def letterbox_image(
     check_normalisation(image_size, mean, std)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+    image = _shrink_large(image, image_size)
     padded = ResizeLongestPad(image_size)(torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None])
     info = padded.applied_operations[-1]["extra_info"]  # the trace ResizeLongestPad.inverse reads
     (top, left), (height, width) = info["pad"], info["resized"]
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return ((torch.as_tensor(padded)[0] - mean_t) / std_t).contiguous(), (int(top), int(left), int(height), int(width))
+
+
+LARGE_IMAGE_PIXELS = 4096 * 4096
+"""Images with more pixels are first shrunk in ``uint8`` (box filter, :func:`_shrink_large`)."""
+
+
+def _shrink_large(image: np.ndarray, image_size: int) -> np.ndarray:
+    """An ``(H, W, 3)`` ``uint8`` image of more than :data:`LARGE_IMAGE_PIXELS`, box-reduced by the integer
+    factor that keeps its longest side at least ``2 S``; smaller images unchanged.
+
+    Area resizing of the full image in float32 held several float copies of it (a 6000 x 6000 grey
+    PNG peaked at 2.06 GB); the box reduction averages whole blocks, as area resizing does, in uint8.
+    """
+    height, width = image.shape[:2]
+    factor = max(height, width) // (2 * image_size)
+    if height * width <= LARGE_IMAGE_PIXELS or factor < 2:
+        return image
+    return np.asarray(Image.fromarray(image).reduce(factor))
 
 
 def to_model_input(

@@ -14,9 +14,7 @@ smoothed, referenced to the body when the head's ``map_reference`` is ``body``):
   :class:`CohortScale`), and the fused grid is their mean, standardised again.
 
 ``mutual`` alone is standardised the same way, so for both 1 unit is one robust
-standard deviation of the cohort's patch scores. The mask threshold of both is
-:data:`COHORT_THRESHOLD` of those units (a fixed rule, not calibrated on any
-medical data).
+standard deviation of the cohort's patch scores.
 """
 
 from __future__ import annotations
@@ -40,7 +38,8 @@ COHORT_SCORINGS = ("mutual", "visualad+mutual")
 DEFAULT_VOLUME_SCORING = "mutual"
 """What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
-"""Mask threshold of cohort maps, in robust standard deviations above the cohort's median."""
+"""Mask threshold of cohort maps, in robust standard deviations of the patch scores above the cohort's median,
+where no voxel null is made (volume cohorts make one: :meth:`~visualad_med.inference.cohort.CohortScoring.voxel_threshold`)."""
 MATCHES = ("anatomy", "position")
 """How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
 
