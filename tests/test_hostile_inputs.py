@@ -127,7 +127,7 @@ def test_memory_is_bounded_by_the_budget_before_decoding(tmp_path):
     assert code == 1
     assert "1 scans succeeded, 3 failed" in output
     assert f"{giant[0].parent}: failed: grid (12000, 12000, 2) plus stack (12000, 12000, 2) = 576000000 voxels" in output
-    assert f"{bomb}: failed: header shape (400, 400, 400) = 64000000 voxels would need about 1.5 GiB" in output
+    assert f"{bomb}: failed: header shape (400, 400, 400) = 64000000 voxels would need about 0.8 GiB" in output
     assert f"above the memory budget of 0.25 GiB (set {MEMORY_BUDGET_ENV} to change it)" in output
     assert f"{tilted[0].parent}: failed: slices step 89.99 deg away from their normal" in output
     assert (tmp_path / "out" / "good_report.json").is_file()
@@ -141,7 +141,7 @@ def test_memory_is_bounded_by_the_budget_before_decoding(tmp_path):
     assert code == 0
     code, output, peak = cli_peak("predict", image, small, "--out", tmp_path / "pred", *MODEL, budget_gib=budget)
     assert code == 1
-    assert f"{image}: cannot read image: image size 6000 x 6000 = 36000000 pixels would need about 0.7 GiB" in output
+    assert f"{image}: cannot read image: image size 6000 x 6000 = 36000000 pixels would need about 0.4 GiB" in output
     assert (tmp_path / "pred" / "small.json").is_file()
     assert (peak - baseline) * 1024 < budget * 2**30
 

@@ -33,11 +33,13 @@ MEMORY_BUDGET_ENV = "VISUALAD_MED_MEMORY_BUDGET_GB"
 DEFAULT_MEMORY_BUDGET_GB = 8.0
 """Budget in GiB when :data:`MEMORY_BUDGET_ENV` is not set."""
 
-BYTES_PER_VOXEL = 26
-"""Peak memory of ``infer`` per voxel of a scan (bytes, measured on a NIfTI volume, rounded up)."""
+BYTES_PER_VOXEL = 14
+"""Peak memory of ``infer`` per voxel of a scan (bytes, ``benchmarks/peak_memory.py`` on a 500 x 500 x 250
+float32 NIfTI: 13.0, rounded up)."""
 
-BYTES_PER_PIXEL = 20
-"""Peak memory of ``predict`` per pixel of a 2D image (bytes, measured on an RGB PNG, rounded up)."""
+BYTES_PER_PIXEL = 12
+"""Peak memory of ``predict`` per pixel of a 2D image (bytes, ``benchmarks/peak_memory.py`` on a 6000 x 6000
+RGB PNG: 10.6, rounded up)."""
 
 
 def memory_budget() -> int:
