@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from builders import make_mvfa
 from visualad_med.apps.cli import main
-from visualad_med.model.cohort import CohortSettings, fuse_patch_scores
+from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, smooth_across_slices
 from visualad_med.model.mutual import (
     cohort_scores,
     grouped_scores,
@@ -183,3 +183,18 @@ def test_reference_folder_without_images_and_a_bank_of_another_size_or_resize_po
     assert main([*common, "--reference-bank", str(tmp_path / "out" / "reference_bank.safetensors"), "--resize",
                  "squash", *MODEL]) == 2
     assert "references read with resize policy 'pad' (this run: 'squash')" in caplog.text
+
+
+def test_smoothing_across_slices_keeps_constants_spreads_a_spike_and_skips_absent_slices():
+    indices = torch.tensor([0, 1, 2, 5, 6])  # slices 3 and 4 had no body
+    constant = torch.full((5, 4), 2.5)
+    torch.testing.assert_close(smooth_across_slices(constant, indices, 1.0), constant)
+    spike = torch.zeros(5, 4)
+    spike[1] = 1.0
+    smoothed = smooth_across_slices(spike, indices, 1.0)
+    assert smoothed[1, 0] < 1.0 and smoothed[0, 0] > 0 and smoothed[2, 0] > 0
+    assert smoothed[3, 0] == 0 and smoothed[4, 0] == 0  # 4 and 5 slices away: beyond 3 sigma
+    edge = torch.zeros(5, 4)
+    edge[3:] = 1.0  # slices 5 and 6 average only with each other, not with the absent 3 and 4
+    torch.testing.assert_close(smooth_across_slices(edge, indices, 0.9)[3:], torch.ones(2, 4))  # 3 sigma < 3 slices
+    torch.testing.assert_close(smooth_across_slices(spike, indices, 0.0), spike)

@@ -17,7 +17,7 @@ logger = logging.getLogger("visualad_med")
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
 SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
                "scoring": " (pass --scoring visualad to score each scan by the head alone)",
-               "cohort_match": " (--cohort-match)"}
+               "cohort_match": " (--cohort-match)", "cohort_depth": " (--cohort-depth)"}
 """What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
 QUIET_LOGGERS = {"highdicom": logging.WARNING, "faiss.loader": logging.WARNING, "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR}
 """Libraries' loggers raised to a level, unless ``--verbose``: highdicom's INFO lines (dozens per DICOM SEG, as
@@ -48,7 +48,7 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
     return cohort_from_options(model, args.scoring, args.reference, args.reference_bank, Path(out_dir), run_settings,
                                resize, fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
                                window=args.cohort_window, candidates=args.cohort_candidates, match=args.cohort_match,
-                               position_prior=args.cohort_prior)
+                               position_prior=args.cohort_prior, depth=args.cohort_depth)
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:

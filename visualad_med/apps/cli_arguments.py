@@ -64,6 +64,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cohort-prior", type=float, default=None,
                        help="mutual, volumes, anatomy: keep only candidates within this difference of normalised "
                        "slice position (0..1; default: any position)")
+    group.add_argument("--cohort-depth", default=None, choices=["patch", "none"],
+                       help="mutual, volumes: smooth each slice's patch scores with its neighbours' (patch, the "
+                       "default: Gaussian across slices with sigma half the in-plane footprint of a patch, in mm, so "
+                       "the map's resolution is about the same in every direction; none: each slice alone)")
     group.add_argument("--cohort-window", type=float, default=None,
                        help="mutual, volumes, --cohort-match position (and reference banks): largest difference of "
                        "normalised slice position between a slice and the slices it is compared with (default 0.05)")

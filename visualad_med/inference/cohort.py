@@ -39,7 +39,8 @@ from tqdm import tqdm
 from visualad_med.io import ScanLoadError, ScanSource, load_scan
 from visualad_med.model.candidates import SliceCandidates, nearest_slices
 from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings
-from visualad_med.model.cohort import CohortScale, patch_maps
+from visualad_med.model.cohort import CohortScale, patch_maps, smooth_across_slices
+from visualad_med.transforms import anatomical_axis
 from visualad_med.model.body_reference import volume_body_mask
 from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates, robust_statistics
 from visualad_med.model.reference_bank import ReferenceBank
@@ -214,6 +215,8 @@ class CohortScoring:
             raise ScanLoadError(loaded.scan.source.path, f"left out of the cohort: {self.failed.get(name)}")
         entry = self.entries[name]
         fused = self.scale.apply(torch.from_numpy(entry.head), self.compared(name))
+        if self.settings.depth == "patch":
+            fused = smooth_across_slices(fused, torch.from_numpy(entry.indices), self._depth_sigma(loaded, inferer))
         row_of = {int(index): row for row, index in enumerate(entry.indices)}
         model = self.model
 
@@ -231,6 +234,17 @@ class CohortScoring:
         maps = inferer.assemble(scan.volume, step, model.config.image_size,
                                 slice_preprocessing(model.config, (scan.window.low, scan.window.high)))
         return maps
+
+    def _depth_sigma(self, loaded: LoadedScan, inferer: SliceInferer) -> float:
+        """Half the in-plane footprint of a patch (mm: the slice's longest side over the patches along it),
+        in slices of this scan."""
+        affine = loaded.scan.volume.affine.numpy()
+        axis = anatomical_axis(affine, inferer.planes[0])
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        shape = loaded.scan.volume.shape[1:]
+        extent = max(shape[a] * spacing[a] for a in range(3) if a != axis)
+        footprint = extent * self.model.backbone.patch_size / self.model.config.image_size
+        return footprint / 2 / spacing[axis]
 
     def voxel_threshold(self, sources: dict[str, ScanSource], settings: RunSettings, inferer: SliceInferer) -> float:
         """The mask threshold: :data:`NULL_SD` robust sd above the median of the body voxels of the maps of

@@ -40,6 +40,9 @@ DEFAULT_VOLUME_SCORING = "mutual"
 COHORT_THRESHOLD = 4.0
 """Mask threshold of cohort maps, in robust standard deviations of the patch scores above the cohort's median,
 where no voxel null is made (volume cohorts make one: :meth:`~visualad_med.inference.cohort.CohortScoring.voxel_threshold`)."""
+DEPTHS = ("patch", "none")
+"""Smoothing of a volume's patch scores across slices: Gaussian with sigma half the in-plane patch footprint
+(mm), or none."""
 MATCHES = ("anatomy", "position")
 """How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
 
@@ -61,6 +64,7 @@ class CohortSettings:
         window: volumes, ``position``: largest normalised slice-position difference of a candidate slice;
             also the position window of a reference bank's slices.
         per_scan: volumes, ``position``: candidate slices taken from each other scan.
+        depth: volumes: patch scores smoothed across neighbouring slices (:data:`DEPTHS`).
         layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
         bank: few-shot references compared with instead of the cohort.
         bank_file: where the bank was saved or read.
@@ -76,6 +80,7 @@ class CohortSettings:
     position_prior: float | None = None
     window: float = 0.05
     per_scan: int = 3
+    depth: str = "patch"
     layers: tuple[int, ...] | None = None
     bank: ReferenceBank | None = None
     bank_file: str | None = None
@@ -84,6 +89,8 @@ class CohortSettings:
     def __post_init__(self) -> None:
         if self.scoring not in COHORT_SCORINGS:
             raise SettingError("scoring", f"unknown cohort scoring {self.scoring!r}; valid: {', '.join(COHORT_SCORINGS)}")
+        if self.depth not in DEPTHS:
+            raise SettingError("cohort_depth", f"unknown depth smoothing {self.depth!r}; valid: {', '.join(DEPTHS)}")
         if self.match not in MATCHES:
             raise SettingError("cohort_match", f"unknown candidate rule {self.match!r}; valid: {', '.join(MATCHES)}")
         if (not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0
@@ -110,7 +117,7 @@ class CohortSettings:
         compared = "the cohort" if self.bank is None else f"{self.bank.features.shape[0]} reference images"
         return {"scoring": self.scoring, "compared_with": compared, "reference_bank": self.bank_file,
                 "fraction": self.fraction, "neighbours": self.neighbours, "candidates": self.candidates,
-                "match": self.match, "position_prior": self.position_prior, "window": self.window,
+                "match": self.match, "position_prior": self.position_prior, "depth": self.depth, "window": self.window,
                 "per_scan": self.per_scan, "layers": list(self.feature_layers(model))}
 
 
@@ -170,6 +177,17 @@ class CohortScale:
     def describe(self) -> dict:
         """The statistics, as a report records them."""
         return {"mutual": list(self.mutual), "head": list(self.head), "fused": list(self.fused)}
+
+
+def smooth_across_slices(scores: torch.Tensor, indices: torch.Tensor, sigma_slices: float) -> torch.Tensor:
+    """``(S, N)`` patch scores of slices at array ``indices`` averaged with Gaussian weights over their
+    neighbours (``sigma_slices`` in slices; slices absent from ``indices`` count as absent, not as 0)."""
+    if sigma_slices <= 0 or scores.shape[0] < 2:
+        return scores
+    gaps = (indices[:, None] - indices[None, :]).double()
+    weights = torch.exp(-0.5 * (gaps / sigma_slices) ** 2)
+    weights = weights * (gaps.abs() <= 3 * sigma_slices)
+    return ((weights / weights.sum(dim=1, keepdim=True)).float() @ scores.float())
 
 
 def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
