@@ -42,9 +42,9 @@ def model():
     return build_model(tiny_vit(), image_size=32)
 
 
-def cohort_run(scans: Path, out: Path, after_scan=None, candidates: int = 3):
+def cohort_run(scans: Path, out: Path, after_scan=None, candidates: int = 3, **cohort):
     return run_folder(model(), find_scans(scans), out, RunSettings(progress=False, map_dtype="float32"),
-                      cohort=CohortSettings("visualad+mutual", candidates=candidates), after_scan=after_scan)
+                      cohort=CohortSettings("visualad+mutual", candidates=candidates, **cohort), after_scan=after_scan)
 
 
 def maps(out: Path) -> dict[str, np.ndarray]:
@@ -191,3 +191,17 @@ def test_faiss_candidates_agree_with_exact_search_and_never_come_from_the_same_s
     alone = nearest_slices(descriptors[:10], np.zeros(10, int), position[:10], count=3)
     assert alone.fallback_same_scan
     assert all(np.all(np.abs(position[alone.of(i)] - position[i]) >= 0.2) for i in range(10))
+
+
+def test_stored_cohort_scores_are_reused_only_for_the_same_interval_share(tmp_path):
+    for k in range(3):
+        write_scan(tmp_path / "scans", k)
+    cohort_run(tmp_path / "scans", tmp_path / "out", candidates=12)
+    first = maps(tmp_path / "out")
+    cohort_run(tmp_path / "scans", tmp_path / "out", candidates=12, fraction=1.0)
+    widest = maps(tmp_path / "out")
+    assert any(not np.array_equal(first[name], widest[name]) for name in first)
+    cohort_run(tmp_path / "scans", tmp_path / "out", candidates=12)
+    again = maps(tmp_path / "out")
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])

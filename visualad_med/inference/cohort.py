@@ -271,8 +271,9 @@ class CohortScoring:
 
     def compared(self, name: str) -> torch.Tensor:
         """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices, from the store when they
-        were made against the same candidates, else computed and stored."""
-        digest = candidate_identity({}, self.candidate_rows(name)[0], [])["candidates_sha256"]
+        were made against the same candidates with the same interval share (or bank), else computed and stored."""
+        made_with = [self.settings.fraction, self.settings.bank_file, self.candidate_rows(name)[0]]
+        digest = candidate_identity({}, made_with, [])["candidates_sha256"]
         stored = self.store.load_scores(name, digest)
         if stored is not None:
             return torch.from_numpy(stored)
