@@ -103,6 +103,8 @@ class CohortScoring:
         store: the feature store.
         scale: the cohort's robust statistics (:class:`~visualad_med.model.cohort.CohortScale`).
         threshold: the mask threshold on the maps (:meth:`voxel_threshold`).
+        compare_dtype: of the patch comparisons: bfloat16 when the run's model runs in bf16 (where the
+            device computes it natively), else float32.
     """
 
     model: VisualAD
@@ -114,6 +116,7 @@ class CohortScoring:
     store: FeatureStore
     scale: CohortScale | None = None
     threshold: float = COHORT_THRESHOLD
+    compare_dtype: torch.dtype = torch.float32
 
     @classmethod
     def prepare(cls, model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
@@ -152,7 +155,8 @@ class CohortScoring:
             if candidates.fallback_same_scan:
                 logger.warning("cohort of one scan (%s): each slice is compared with the same scan's slices at "
                                "least 0.2 of its length away", next(iter(entries)))
-        prepared = cls(model, cohort, entries, failed, inputs, candidates, store)
+        prepared = cls(model, cohort, entries, failed, inputs, candidates, store,
+                       compare_dtype=torch.bfloat16 if inferer.precision == "bf16" else torch.float32)
         for name in tqdm([s.name for s in share if s.name in entries], desc="cohort scoring", unit="scan",
                          disable=not settings.progress):
             prepared.compared(name)  # stored for the scale below and for writing
@@ -272,7 +276,8 @@ class CohortScoring:
     def compared(self, name: str) -> torch.Tensor:
         """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices, from the store when they
         were made against the same candidates with the same interval share (or bank), else computed and stored."""
-        made_with = [self.settings.fraction, self.settings.bank_file, self.candidate_rows(name)[0]]
+        made_with = [self.settings.fraction, self.settings.bank_file, str(self.compare_dtype),
+                     self.candidate_rows(name)[0]]
         digest = candidate_identity({}, made_with, [])["candidates_sha256"]
         stored = self.store.load_scores(name, digest)
         if stored is not None:
@@ -300,7 +305,8 @@ class CohortScoring:
                 self.entries[names[scan_of[group[0]]]].features.rows(group - offsets[names[scan_of[group[0]]]])
                 for group in groups]))
             labels = np.concatenate([scan_of[group] for group in groups])
-            scores[k] = grouped_scores(query[k], references, labels.tolist(), self.settings.fraction)
+            scores[k] = grouped_scores(query[k], references, labels.tolist(), self.settings.fraction,
+                                       dtype=self.compare_dtype)
         return scores
 
     def report(self) -> dict:

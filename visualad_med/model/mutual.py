@@ -111,22 +111,25 @@ def position_candidates(scan_of: Sequence[int], position: Sequence[float], windo
     return near, False
 
 
-def patch_distances(query: torch.Tensor, references: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+def patch_distances(query: torch.Tensor, references: torch.Tensor, chunk: int = DEFAULT_CHUNK,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``1 - max cos`` of each query patch to each reference image, averaged over layers.
 
     Args:
         query: ``(T, N, D)`` normalised features.
         references: ``(R, T, N', D)`` normalised features.
         chunk: reference images per block (``chunk x T x N x N'`` similarities at a time).
+        dtype: of the similarity products (``torch.bfloat16``: 4x faster on CPUs with AMX, similarities
+            within ~0.004).
 
     Returns:
-        ``(R, N)`` distances in ``[0, 2]``.
+        ``(R, N)`` float32 distances in ``[0, 2]``.
     """
-    query = query.float()
+    query = query.to(dtype)
     out = []
     for block in references.split(chunk):
-        similarity = torch.einsum("tnd,rtmd->rtnm", query, block.float())
-        out.append(1.0 - similarity.amax(dim=-1).mean(dim=1))
+        similarity = torch.einsum("tnd,rtmd->rtnm", query, block.to(dtype))
+        out.append(1.0 - similarity.amax(dim=-1).float().mean(dim=1))
     return torch.cat(out) if out else query.new_zeros(0, query.shape[1])
 
 
@@ -137,7 +140,8 @@ def interval_average(distances: torch.Tensor, fraction: float = DEFAULT_FRACTION
 
 
 def grouped_scores(query: torch.Tensor, references: torch.Tensor, groups: Sequence[int],
-                   fraction: float = DEFAULT_FRACTION, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+                   fraction: float = DEFAULT_FRACTION, chunk: int = DEFAULT_CHUNK,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mutual patch scores of one image against its candidates, candidates of one group counting as one image.
 
     Args:
@@ -146,13 +150,14 @@ def grouped_scores(query: torch.Tensor, references: torch.Tensor, groups: Sequen
         groups: ``(C,)`` group of each candidate (e.g. its scan): a group's distance is its members' smallest.
         fraction: interval-average share of the (grouped) candidates.
         chunk: candidate images per similarity block.
+        dtype: of the similarity products (:func:`patch_distances`).
 
     Returns:
         ``(N,)`` float32 scores; zeros without candidates.
     """
     if references.shape[0] == 0:
         return torch.zeros(query.shape[1])
-    distances = patch_distances(query, references, chunk)
+    distances = patch_distances(query, references, chunk, dtype)
     labels = torch.as_tensor(list(groups))
     grouped = torch.stack([distances[labels == label].amin(dim=0) for label in torch.unique(labels)])
     return interval_average(grouped, fraction)
