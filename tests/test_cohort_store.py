@@ -166,6 +166,7 @@ def test_two_torchrun_processes_give_the_maps_of_one(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     assert {p.name for p in (tmp_path / "two").glob("summary_rank*.csv")} == {"summary_rank0.csv", "summary_rank1.csv"}
+    assert (tmp_path / "two" / ".features" / "cohort_threshold.json").is_file()  # made once, by rank 0
     single, distributed = maps(tmp_path / "one"), maps(tmp_path / "two")
     assert single.keys() == distributed.keys() and len(single) == 4
     for name in single:

@@ -162,8 +162,22 @@ class CohortScoring:
             prepared.compared(name)  # stored for the scale below and for writing
         barrier()
         prepared.scale = prepared.cohort_scale()
-        prepared.threshold = prepared.voxel_threshold({s.name: s for s in scans}, settings, inferer)
+        prepared.threshold = prepared.shared_threshold({s.name: s for s in scans}, settings, inferer)
         return prepared
+
+    def shared_threshold(self, sources: dict[str, ScanSource], settings: RunSettings, inferer: SliceInferer) -> float:
+        """:meth:`voxel_threshold`, made by rank 0 and read from the store by the other ``torchrun`` ranks."""
+        rank, world = rank_world()
+        if world == 1:
+            return self.voxel_threshold(sources, settings, inferer)
+        key = {"scale": self.scale.describe(), "scans": sorted(e.digest for e in self.entries.values()),
+               "cohort": self.settings.describe(self.model), "window": settings.window}
+        if rank == 0:
+            self.store.save_threshold(key, self.voxel_threshold(sources, settings, inferer))
+        barrier()
+        shared = self.store.load_threshold(key)
+        return shared if shared is not None else self.voxel_threshold(sources, settings, inferer)
+
 
     def cohort_scale(self) -> CohortScale:
         """The rounded robust statistics of every scan's head and cohort patch scores."""

@@ -30,6 +30,8 @@ import numpy as np
 from visualad_med.io.atomic import atomic_path
 
 STORE_SCHEMA = "visualad_med.feature_store/1"
+THRESHOLD_FILE = "cohort_threshold.json"
+"""The cohort's mask threshold, made by ``torchrun`` rank 0 for the others."""
 STORE_FOLDER = ".features"
 """The store's folder under the output folder, unless a run names another."""
 
@@ -197,6 +199,17 @@ class FeatureStore:
             return np.load(paths["scores"])
         except (OSError, ValueError):
             return None
+
+    def save_threshold(self, key: dict, threshold: float) -> None:
+        """Keep the cohort's mask threshold made under ``key`` (for the other ``torchrun`` ranks)."""
+        self._write_json(self.folder / THRESHOLD_FILE, {"schema": STORE_SCHEMA, "key": json.loads(json.dumps(key)),
+                                                         "threshold": threshold})
+
+    def load_threshold(self, key: dict) -> float | None:
+        """The threshold kept under ``key``, ``None`` if there is none."""
+        record = self._read_json(self.folder / THRESHOLD_FILE)
+        matches = record is not None and record.get("key") == json.loads(json.dumps(key))
+        return float(record["threshold"]) if matches else None
 
     def size_bytes(self) -> int:
         """Bytes of every file in the store."""
