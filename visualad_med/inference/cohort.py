@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,7 @@ class CohortScoring:
     scale: CohortScale | None = None
     threshold: float = COHORT_THRESHOLD
     compare_dtype: torch.dtype = torch.float32
+    _rows: dict[str, tuple[object, list[str]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def prepare(cls, model: VisualAD, scans: list[ScanSource], settings: RunSettings, cohort: CohortSettings,
@@ -200,7 +201,14 @@ class CohortScoring:
         return dict(zip(self.entries, np.cumsum([0] + counts[:-1]).tolist()))
 
     def candidate_rows(self, name: str) -> tuple[object, list[str]]:
-        """Scan ``name``'s candidates, per slice ``(scan key, slice index)`` pairs, and the scans they come from."""
+        """Scan ``name``'s candidates, per slice ``(scan key, slice index)`` pairs, and the scans they come from
+        (made once per scan: the resume check, the stored scores' key and the report all read them)."""
+        if name not in self._rows:
+            self._rows[name] = self._candidate_rows(name)
+        return self._rows[name]
+
+    def _candidate_rows(self, name: str) -> tuple[object, list[str]]:
+        """:meth:`candidate_rows`, made."""
         if self.candidates is None:
             return {"bank": self.settings.bank_file}, []
         names, scan_of, index = self._slice_table
