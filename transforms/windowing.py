@@ -10,6 +10,7 @@ For the abdomen Radiopaedia lists W:400 L:50; we keep W:400 L:40 (the common -16
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, NamedTuple, Union
 
@@ -248,7 +249,8 @@ def resolve_intensity_window(
     """Resolve the window of a whole volume once: ``"auto"`` by :func:`auto_window`, percentiles over all its voxels.
 
     A CT window gives ``level -+ width / 2`` HU. Percentile scaling takes the percentiles of the
-    whole volume (as MONAI's ``ScaleIntensityRangePercentiles`` does); when they coincide (more
+    whole volume (as MONAI's ``ScaleIntensityRangePercentiles`` does), after a filled background inside the
+    tissue's range is moved to the minimum, in place (:func:`lift_background`); when they coincide (more
     than 99 % of the voxels share one value, e.g. a small object on a blank background) it falls
     back to the volume's minimum and maximum, with a warning, instead of leaving the intensities
     unscaled.
@@ -268,6 +270,9 @@ def resolve_intensity_window(
         low, high = window_range(spec)
         return ResolvedWindow(spec, low, high, reason)
     voxels = convert_to_tensor(volume, track_meta=False)
+    background = lift_background(voxels)
+    if background:
+        reason = f"{reason}; {background}" if reason else background
     low, high = (float(v) for v in percentile(voxels, list(windowing.percentiles)))
     if high <= low:
         low, high = float(voxels.amin()), float(voxels.amax())  # max() is 40x slower on a transposed volume
@@ -275,6 +280,39 @@ def resolve_intensity_window(
         logger.warning("%s: percentiles %s of the intensities coincide; scaling min..max (%g..%g) instead", name,
                        windowing.percentiles, low, high)
     return ResolvedWindow(spec, low, high, reason)
+
+
+BACKGROUND_SHARE = 0.2
+"""A value held by at least this share of a volume's voxels, above its minimum, is a filled background (skull-
+stripped, z-normalised MRI: 0 between brain values of either sign); real tissue never repeats one value so often."""
+BACKGROUND_SAMPLE = 65536
+
+
+def lift_background(volume: torch.Tensor) -> str:
+    """Move a filled background that sits inside the tissue's range to the volume's minimum, in place.
+
+    Percentile scaling of a z-normalised skull-stripped MRI would otherwise show its background (0, most of
+    the voxels) as mid grey, brighter than half the brain, and the body (grey above 10 % of the brightest)
+    would be the whole volume. The candidate value is the mode of an evenly strided sample of
+    :data:`BACKGROUND_SAMPLE` voxels; it counts when it holds :data:`BACKGROUND_SHARE` of all voxels.
+
+    Returns:
+        what was done, for the window's reason (empty when nothing was).
+    """
+    step = max(1, math.ceil((volume.numel() / BACKGROUND_SAMPLE) ** (1 / 3)))
+    sample = volume[(..., *([slice(None, None, step)] * min(3, volume.ndim)))]
+    values, counts = torch.unique(sample, return_counts=True)
+    candidate = values[counts.argmax()]
+    lowest = volume.amin()
+    if candidate <= lowest:
+        return ""
+    background = volume == candidate
+    share = float(background.count_nonzero()) / volume.numel()
+    if share < BACKGROUND_SHARE:
+        return ""
+    volume[background] = lowest
+    return (f"background {float(candidate):g} ({100 * share:.0f} % of the voxels, above the minimum) shown as "
+            f"the minimum {float(lowest):g}")
 
 
 class WindowIntensityd(MapTransform):

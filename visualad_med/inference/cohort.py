@@ -64,11 +64,16 @@ NULL_SD = 3.0
 """The mask threshold in robust sd of the voxel null above its median (0.13 % one-sided for a normal null)."""
 
 
+EXTRACTION_VERSION = 2
+"""Raised whenever reading or preprocessing changes the features of the same input with the same settings
+(2: a filled background inside the tissue's range is shown as the minimum), so stored features are remade."""
+
+
 def feature_settings(model: VisualAD, settings: RunSettings, inferer: SliceInferer, head_sha256: str | None,
                      layers: tuple[int, ...]) -> dict:
     """The settings that change a scan's stored features (its store key, with the scan's input)."""
     config = model.config
-    return {"head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,
+    return {"extraction": EXTRACTION_VERSION, "head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,
             "image_size": config.image_size, "taps": list(config.taps), "layers": list(layers),
             "plane": inferer.planes[0], "window": settings.window, "skip_empty": inferer.skip_empty,
             "precision": inferer.precision}
