@@ -3,17 +3,24 @@
 Each variant is a set of model options for ``visualad-med evaluate`` (a head, a scoring,
 a map reference, a size). It is run on
 
-* ``lgg_mvfa`` (2D brain MRI): image AUROC, image AP, pixel AUROC, AUPRO (Mean row);
+* ``lgg_mvfa`` (2D brain MRI) and ``oct_mvfa`` (2D retinal OCT): image AUROC, image AP, pixel AUROC,
+  AUPRO (Mean row);
 * ``polyp_skin_mvfa`` (2D, abnormal only): pixel AUROC (Mean row over Kvasir, ColonDB, ISIC);
-* ``lgg_volumes_msd`` (15 FLAIR volumes, ``--layout msd``): pooled voxel AP, slice AUROC, Dice at
-  the head's threshold;
+* ``lgg_volumes_msd`` (30 FLAIR volumes) and ``isles22_dwi_msd`` (one DWI volume), ``--layout msd``:
+  pooled voxel AP, slice AUROC, Dice at the run's threshold, best Dice over thresholds.
 
-A set's score is the mean of its headline numbers, the suite mean the mean of the three set
-scores, so each set weighs the same. Variants named ``NAME@SEED`` are seeds of one recipe:
-their rows are printed, then a ``NAME`` row with mean and sd over the seeds.
+A set's score is the mean of its headline numbers, the suite mean the mean of the set scores, so
+each set weighs the same. Variants named ``NAME@SEED`` are seeds of one recipe: their rows are
+printed, then a ``NAME`` row with mean and sd over the seeds.
 
-Decision rule (model card): a variant replaces the default only if it raises the suite mean
-over at least 3 training seeds and lowers no set's score by more than that set's sd over seeds.
+Decision rules (model card). A *trained* variant replaces the default only if it raises the suite
+mean over at least 3 training seeds and lowers no set's score by more than that set's sd over seeds.
+A *deterministic* variant (no training: a scoring, a size, a rule) has no seed spread; it is compared
+with ``--base`` (default: the variant named ``default``) by a paired bootstrap per set (second
+table): 95 % interval of the difference of image AUROC over resampled images (2D sets with normal
+images), of the mean per-scan voxel AP over resampled scans (volume sets of several scans). It
+replaces the base only if no interval lies wholly below 0 and the suite mean rises; a set without an
+interval (one scan, or pixel metrics only) is judged by its point difference, reported as such.
 
     python benchmarks/zero_shot_suite.py                       # untrained, selfsim, shipped head
     python benchmarks/zero_shot_suite.py --variant "c4@111=--head runs/c4_s111/head.safetensors" ...
@@ -25,6 +32,7 @@ and gathered into ``--out/suite.json``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import shlex
@@ -33,6 +41,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -46,11 +57,15 @@ DEFAULT_VARIANTS = (
 """The baselines, the shipped head alone, and the product's default (the shipped head; volume runs of two or
 more scans scored as a cohort, ``visualad+mutual``). A variant's options go to every set's ``evaluate`` as they
 are, so a variant without ``--scoring`` gets each command's default."""
+VOLUME_KEYS = [("pooled", "voxel_ap"), ("pooled", "slice_auroc"), ("pooled", "dice"), ("pooled", "best_dice")]
 SETS = {
     "lgg_mvfa": (["--layout", "mvfa", "--overlays", "0"],
                  [("mean", "image_auroc"), ("mean", "image_ap"), ("mean", "pixel_auroc"), ("mean", "pixel_aupro")]),
     "polyp_skin_mvfa": (["--layout", "mvfa", "--overlays", "0"], [("mean", "pixel_auroc")]),
-    "lgg_volumes_msd": (["--layout", "msd"], [("pooled", "voxel_ap"), ("pooled", "slice_auroc"), ("pooled", "dice")]),
+    "oct_mvfa": (["--layout", "mvfa", "--overlays", "0"],
+                 [("mean", "image_auroc"), ("mean", "image_ap"), ("mean", "pixel_auroc"), ("mean", "pixel_aupro")]),
+    "lgg_volumes_msd": (["--layout", "msd"], VOLUME_KEYS),
+    "isles22_dwi_msd": (["--layout", "msd"], VOLUME_KEYS),
 }
 TRAINING_SETS = {
     "mtd_mvtec": "magnetic-tile defects (Huang et al. 2020, github abin24/Magnetic-tile-defect-datasets)",
@@ -120,6 +135,62 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
             print(f"| **{group}** (n={len(members)}) | " + " | ".join(cells) + " |")
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def resampled_differences(base: Path, variant: Path, resamples: int = 2000, seed: int = 0) -> np.ndarray | None:
+    """Paired bootstrap of one set's decisive number, ``variant - base`` per resample; ``None`` without one.
+
+    2D (``scores.csv``): image AUROC per class, averaged over classes, over the same resampled images of
+    both runs. Volumes (``scans.csv``): the mean per-scan voxel AP over the same resampled scans (two or more).
+    """
+    rng = np.random.default_rng(seed)
+    if (base / "scores.csv").is_file():
+        first, second = ({(r["class"], r["path"]): r for r in _rows(folder / "scores.csv")} for folder in (base, variant))
+        differences = []
+        for name in sorted({key[0] for key in first}):
+            keys = sorted(key for key in first if key[0] == name and key in second)
+            labels = np.array([int(first[key]["label"]) for key in keys])
+            a, b = (np.array([float(rows[key]["score"]) for key in keys]) for rows in (first, second))
+            if len(keys) < 2 or labels.min() == labels.max():
+                continue
+            draws = []
+            while len(draws) < resamples:
+                pick = rng.integers(0, len(labels), len(labels))
+                if labels[pick].min() != labels[pick].max():
+                    draws.append(roc_auc_score(labels[pick], b[pick]) - roc_auc_score(labels[pick], a[pick]))
+            differences.append(draws)
+        return np.mean(differences, axis=0) if differences else None
+    first, second = ({r["scan"]: r["voxel_ap"] for r in _rows(folder / "scans.csv")} for folder in (base, variant))
+    paired = np.array([(float(first[k]), float(second[k])) for k in sorted(first)
+                       if k in second and first[k] not in ("", "nan") and second[k] not in ("", "nan")])
+    if len(paired) < 2:
+        return None
+    picks = rng.integers(0, len(paired), (resamples, len(paired)))
+    return (paired[picks, 1] - paired[picks, 0]).mean(axis=1)
+
+
+def print_intervals(names: list[str], base: str, out: Path) -> None:
+    """Per set, each variant's difference to ``base`` with its 95 % paired-bootstrap interval (percent points)."""
+    print(f"\nPaired bootstrap against {base} (2D: image AUROC; volumes: mean per-scan voxel AP; percent points)")
+    print("| variant | " + " | ".join(SETS) + " |")
+    print("|---" * (len(SETS) + 1) + "|")
+    for name in names:
+        if name == base:
+            continue
+        cells = []
+        for set_name in SETS:
+            draws = resampled_differences(out / base / set_name, out / name / set_name)
+            if draws is None:
+                cells.append("no interval")
+                continue
+            low, high = np.percentile(100 * draws, [2.5, 97.5])
+            cells.append(f"{100 * draws.mean():+.1f} [{low:+.1f}, {high:+.1f}]")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def write_metadata(variant: str, values: dict[str, float], head: Path) -> Path:
     """Regenerate the bundle's ``eval_metrics`` and ``data_source`` from ``variant``'s suite numbers and head."""
     metadata_path = ROOT / "bundles" / "visualad_zsad" / "configs" / "metadata.json"
@@ -133,8 +204,9 @@ def write_metadata(variant: str, values: dict[str, float], head: Path) -> Path:
     metadata["data_source"] = (
         "Training (industrial images with pixel masks only, MVTec AD layout): " + "; ".join(described)
         + ". Zero-shot evaluation (never trained on): LGG brain MRI slices (Buda et al. 2019, TCGA-LGG) in the "
-        "MVFA layout, Kvasir-SEG / CVC-ColonDB polyps and ISIC 2017 skin lesions, and 15 LGG FLAIR volumes with "
-        "tumour label volumes (Decathlon layout); eval_metrics are benchmarks/zero_shot_suite.py's numbers "
+        "MVFA layout, Kvasir-SEG / CVC-ColonDB polyps and ISIC 2017 skin lesions, retinal OCT B-scans (Hassan "
+        "et al. 2021), 30 LGG FLAIR volumes with tumour label volumes and one ISLES'22 stroke DWI volume with its "
+        "infarct mask (Decathlon layout); eval_metrics are benchmarks/zero_shot_suite.py's numbers "
         f"(fractions) of variant {variant}. Example scan: the MNI152 2009a T1 template shipped in the nilearn wheel."
     )
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
@@ -147,6 +219,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED, help="folder holding the dev sets")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "suite", help="cache of every run")
     parser.add_argument("--fresh", action="store_true", help="recompute cached runs")
+    parser.add_argument("--base", default="default", help="variant the others are bootstrapped against")
     parser.add_argument("--metadata", nargs=2, metavar=("VARIANT", "HEAD"), default=None,
                         help="write VARIANT's numbers and HEAD's training data into the bundle's metadata.json")
     args = parser.parse_args()
@@ -156,6 +229,8 @@ def main() -> None:
     previous = json.loads(gathered.read_text()) if gathered.is_file() else {}
     gathered.write_text(json.dumps({**previous, **rows}, indent=2) + "\n")
     print_table(rows)
+    if args.base in rows:
+        print_intervals(list(rows), args.base, args.out)
     if args.metadata:
         variant, head = args.metadata
         print(f"wrote {write_metadata(variant, rows[variant], Path(head))}")

@@ -23,6 +23,7 @@ from visualad_med.inference.settings import RunSettings
 from visualad_med.io import find_scans
 from visualad_med.model.candidates import nearest_slices
 from visualad_med.model.cohort import CohortScale, CohortSettings
+from visualad_med.model.intensity import IntensityFusion
 from visualad_med.model.visualad import build_model
 
 SHAPE = (20, 18, 8)
@@ -56,10 +57,10 @@ def entry_times(out: Path) -> dict[str, int]:
 
 
 def hold_scale_and_threshold(monkeypatch) -> None:
-    """Fix the cohort's scale and mask threshold, as a large cohort's, which one scan more or less does not move."""
+    """Fix the cohort's scale, intensity fusion and mask threshold, as a large cohort's, which one scan more or less does not move."""
     fixed = CohortScale("visualad+mutual", (0.4, 0.2), (0.1, 0.1), (0.0, 1.0))
     monkeypatch.setattr(CohortScale, "of", classmethod(lambda cls, *args, **kwargs: fixed))
-    monkeypatch.setattr(CohortScoring, "voxel_threshold", lambda self, *args: 2.0)
+    monkeypatch.setattr(CohortScoring, "voxel_null", lambda self, *args: (IntensityFusion(), 2.0))
 
 
 def test_a_killed_cohort_run_resumes_skipping_finished_scans_with_the_same_maps(tmp_path, caplog):
@@ -166,7 +167,7 @@ def test_two_torchrun_processes_give_the_maps_of_one(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     assert {p.name for p in (tmp_path / "two").glob("summary_rank*.csv")} == {"summary_rank0.csv", "summary_rank1.csv"}
-    assert (tmp_path / "two" / ".features" / "cohort_threshold.json").is_file()  # made once, by rank 0
+    assert (tmp_path / "two" / ".features" / "cohort_null.json").is_file()  # made once, by rank 0
     single, distributed = maps(tmp_path / "one"), maps(tmp_path / "two")
     assert single.keys() == distributed.keys() and len(single) == 4
     for name in single:

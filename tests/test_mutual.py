@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from builders import make_mvfa
 from visualad_med.apps.cli import main
@@ -135,10 +136,46 @@ def test_evaluate_2d_with_cohort_scoring_writes_results(tmp_path):
     assert results["mean"]["metrics"]["image_auroc"] is not None
 
 
-def test_predict_refuses_a_cohort_scoring(tmp_path, caplog):
-    assert main(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--scoring", "mutual",
-                 *MODEL]) == 2
-    assert "needs a cohort" in caplog.text
+def test_evaluate_2d_scores_each_class_as_a_cohort_by_default(tmp_path):
+    root = make_mvfa(tmp_path / "mvfa", "Brain")
+    torch.manual_seed(0)
+    assert main(["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "default"),
+                 *MODEL]) == 0
+    torch.manual_seed(0)
+    assert main(["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "head"),
+                 "--scoring", "visualad", *MODEL]) == 0
+    default, head = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("default", "head"))
+    assert default["cohort"]["scoring"] == "visualad+mutual" and head["cohort"] is None
+    assert (tmp_path / "default" / "scores.csv").read_text() != (tmp_path / "head" / "scores.csv").read_text()
+
+
+def test_predict_cohort_scores_images_against_each_other(tmp_path, caplog):
+    """``predict --cohort``: a patch only one image has stands out of the fused map; the record says how it was
+    scored; one readable image (the others unreadable) falls back to the head, with a warning."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(5):
+        grey = rng.normal(120, 10, (48, 48)).clip(0, 255).astype(np.uint8)
+        if k == 2:
+            grey[16:32, 16:32] = 250  # something only this image has
+        path = tmp_path / f"img{k}.png"
+        Image.fromarray(grey).save(path)
+        paths.append(str(path))
+    torch.manual_seed(0)
+    assert main(["predict", *paths, "--out", str(tmp_path / "out"), "--cohort", *MODEL]) == 0
+    records = [json.loads((tmp_path / "out" / f"img{k}.json").read_text()) for k in range(5)]
+    assert all(r["scoring"] == "visualad+mutual" and r["cohort"]["images"] == 5 for r in records)
+    assert all(r["threshold"] == 4.0 for r in records)
+    assert max(range(5), key=lambda k: records[k]["score"]) == 2
+    assert (tmp_path / "out" / "img2_overlay.png").is_file()
+
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    torch.manual_seed(0)
+    assert main(["predict", paths[0], str(tmp_path / "broken.png"), "--out", str(tmp_path / "one"), "--cohort",
+                 *MODEL]) == 1
+    alone = json.loads((tmp_path / "one" / "img0.json").read_text())
+    assert alone["cohort"] is None and "a cohort needs two or more" in caplog.text
+    assert "broken.png" in caplog.text
 
 
 def test_reference_bank_saved_and_reloaded_gives_identical_maps(tmp_path):

@@ -17,7 +17,8 @@ logger = logging.getLogger("visualad_med")
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
 SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
                "scoring": " (pass --scoring visualad to score each scan by the head alone)",
-               "cohort_match": " (--cohort-match)", "cohort_depth": " (--cohort-depth)"}
+               "cohort_match": " (--cohort-match)", "cohort_depth": " (--cohort-depth)",
+               "cohort_intensity": " (--cohort-intensity)"}
 """What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
 QUIET_LOGGERS = {"highdicom": logging.WARNING, "faiss.loader": logging.WARNING, "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR}
 """Libraries' loggers raised to a level, unless ``--verbose``: highdicom's INFO lines (dozens per DICOM SEG, as
@@ -48,7 +49,8 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
     return cohort_from_options(model, args.scoring, args.reference, args.reference_bank, Path(out_dir), run_settings,
                                resize, fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
                                window=args.cohort_window, candidates=args.cohort_candidates, match=args.cohort_match,
-                               position_prior=args.cohort_prior, depth=args.cohort_depth)
+                               position_prior=args.cohort_prior, depth=args.cohort_depth,
+                               intensity=args.cohort_intensity)
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:
@@ -121,9 +123,14 @@ def _predict(args: argparse.Namespace) -> int:
     from visualad_med.inference.images import predict_files
     from visualad_med.model.devices import resolve_device
 
-    _refuse_cohort(args, "predict")
     model = load_cli_model(args)
-    succeeded, failed = predict_files(model, [Path(p) for p in args.images], Path(args.out), resolve_device(args.device))
+    if args.cohort and args.scoring not in COHORT_SCORINGS:
+        from visualad_med.model.cohort import DEFAULT_IMAGE_SCORING
+
+        args.scoring = DEFAULT_IMAGE_SCORING
+    cohort = cohort_settings(args, model, Path(args.out))
+    succeeded, failed = predict_files(model, [Path(p) for p in args.images], Path(args.out),
+                                      resolve_device(args.device), cohort)
     logger.info("%d images succeeded, %d failed; results in %s", succeeded, failed, args.out)
     return 1 if failed else 0
 
@@ -205,6 +212,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model = load_cli_model(args)
+    if args.scoring is None and not (args.reference or args.reference_bank):
+        from visualad_med.model.cohort import DEFAULT_IMAGE_SCORING
+
+        args.scoring = DEFAULT_IMAGE_SCORING
     results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split or "test",
                        classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,
                        num_workers=args.workers, head=head_path(args), command=args.command_line,

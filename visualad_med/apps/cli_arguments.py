@@ -40,7 +40,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "or their sum (combined); cohort scorings (evaluate and infer): each image against the other images of "
         "the run (mutual, training-free) or that fused with the head's map on one robust scale "
         "(visualad+mutual); default: mutual for a one-plane volume run of two or more scans (infer, "
-        "volume evaluate), else the head's own setting",
+        "volume evaluate), visualad+mutual for 2D evaluate (each class's images against each other) and "
+        "predict --cohort, else the head's own setting",
     )
     group.add_argument("--cohort-fraction", type=float, default=None,
                        help="mutual: share of the closest other images whose distances are averaged (default 0.3)")
@@ -68,6 +69,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mutual, volumes: smooth each slice's patch scores with its neighbours' (patch, the "
                        "default: Gaussian across slices with sigma half the in-plane footprint of a patch, in mm, so "
                        "the map's resolution is about the same in every direction; none: each slice alone)")
+    group.add_argument("--cohort-intensity", default=None, choices=["vouched", "none"],
+                       help="mutual, volumes: the intensity term (vouched, the default: the robust z-score of each "
+                       "voxel's windowed intensity over its scan's body, averaged with the map with a weight set by "
+                       "the run itself: how far the maps rank the brightest voxels above the body, against how far "
+                       "the intensity ranks the maps' tail; 0 where bright voxels are normal anatomy the maps "
+                       "explain; the report records it. none: the maps alone)")
     group.add_argument("--cohort-window", type=float, default=None,
                        help="mutual, volumes, --cohort-match position (and reference banks): largest difference of "
                        "normalised slice position between a slice and the slices it is compared with (default 0.05)")
@@ -121,10 +128,16 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         "score above the head's calibrated threshold) into --out. When two images share a file name (a/000.png, "
         "b/000.png) their parent folders join the stem (a_000, b_000). An unreadable image (truncated, a "
         "decompression bomb, NaN pixels, or more pixels than the memory budget VISUALAD_MED_MEMORY_BUDGET_GB "
-        "allows) is reported and skipped (exit code 1).",
+        "allows) is reported and skipped (exit code 1). With --cohort (images of one kind, e.g. the slices of "
+        "a series exported as PNG) each image is scored against the others and fused with the head "
+        "(visualad+mutual; the map is then in robust sd of the cohort and the threshold 4); with --reference, "
+        "against a few normal images.",
     )
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--cohort", action="store_true",
+                         help="the images are one kind: score each against the others (needs two or more; the "
+                         "features of every image are held, about 0.6 MB an image at 224 px)")
     _add_model_arguments(predict)
 
 

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from visualad_med.datasets import AnomalyDataset, collate_skip_invalid
-from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, head_patch_scores, patch_maps
+from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, head_patch_scores, image_cohort_scores
+from visualad_med.model.cohort import patch_maps
 from .pixel_metrics import PixelMetricAccumulator
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
-from visualad_med.model.mutual import cohort_scores, nearest_candidates, stack_features
+from visualad_med.model.mutual import stack_features
 from .report import OverlaySample
 from visualad_med.model.devices import autocast
 
@@ -153,7 +154,7 @@ def _score_cohort(
     for class_name in dataset.classes:
         rows = torch.from_numpy(np.flatnonzero(classes == class_name))
         if rows.numel():
-            compared = _compared(stacked[rows], cohort, model, dataset.resize)
+            compared = image_cohort_scores(stacked[rows], cohort, model, dataset.resize)
             fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], compared)
     start = 0
     for batch in batches:
@@ -162,11 +163,3 @@ def _score_cohort(
         _feed(tallies, batch, maps.numpy(), top_fraction_mean(maps).numpy(), overlay_paths, dataset)
         start += count
     return tallies
-
-
-def _compared(features: torch.Tensor, cohort: CohortSettings, model: VisualAD, resize: str) -> torch.Tensor:
-    """``(M, N)`` patch scores of one class against the reference bank, or against the class's other images."""
-    if cohort.bank is not None:
-        cohort.bank.check_fits(model, cohort.feature_layers(model), resize)
-        return cohort.bank.scores(features)
-    return cohort_scores(features, nearest_candidates(features, cohort.neighbours), cohort.fraction)

@@ -18,8 +18,11 @@ them and takes the cohort's robust statistics (:class:`~visualad_med.model.cohor
 rounded so that a few added scans seldom move them). :meth:`CohortScoring.infer` puts one scan's
 scores on that scale (fused with the head's for ``visualad+mutual``) and places the patch maps on
 the scan's grid by slice index (:meth:`~visualad_med.inference.slices.SliceInferer.assemble`).
-A finished scan is redone only when its candidates or the cohort's scale change (the resume rule,
-:func:`candidate_identity`).
+The map volumes of :data:`NULL_SCANS` scans then give the run's voxel null: the weight of the
+intensity term (:class:`~visualad_med.model.intensity.IntensityFusion`, 0 unless the maps vouch for the
+intensity's bright tail) and the mask threshold, a tail point of the fused maps' body voxels.
+A finished scan is redone only when its candidates, the cohort's scale or the fusion change (the resume
+rule, :func:`candidate_identity`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from visualad_med.io import ScanLoadError, ScanSource, load_scan
 from visualad_med.model.candidates import SliceCandidates, nearest_slices
 from visualad_med.model.cohort import COHORT_SCORINGS, COHORT_THRESHOLD, DEFAULT_VOLUME_SCORING, CohortSettings
 from visualad_med.model.cohort import CohortScale, patch_maps, smooth_across_slices
+from visualad_med.model.intensity import IntensityFusion, intensity_z
 from visualad_med.transforms import anatomical_axis
 from visualad_med.model.body_reference import volume_body_mask
 from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates, robust_statistics
@@ -107,7 +111,8 @@ class CohortScoring:
         candidates: every slice's candidates (``None`` with a reference bank).
         store: the feature store.
         scale: the cohort's robust statistics (:class:`~visualad_med.model.cohort.CohortScale`).
-        threshold: the mask threshold on the maps (:meth:`voxel_threshold`).
+        fusion: the intensity term's weight and the maps' statistics (:meth:`voxel_null`).
+        threshold: the mask threshold on the fused maps (:meth:`voxel_null`).
         compare_dtype: of the patch comparisons: bfloat16 when the run's model runs in bf16 (where the
             device computes it natively), else float32.
     """
@@ -120,6 +125,7 @@ class CohortScoring:
     candidates: SliceCandidates | None
     store: FeatureStore
     scale: CohortScale | None = None
+    fusion: IntensityFusion = IntensityFusion()
     threshold: float = COHORT_THRESHOLD
     compare_dtype: torch.dtype = torch.float32
     _rows: dict[str, tuple[object, list[str]]] = field(default_factory=dict, repr=False)
@@ -168,21 +174,27 @@ class CohortScoring:
             prepared.compared(name)  # stored for the scale below and for writing
         barrier()
         prepared.scale = prepared.cohort_scale()
-        prepared.threshold = prepared.shared_threshold({s.name: s for s in scans}, settings, inferer)
+        prepared.fusion, prepared.threshold = prepared.shared_null({s.name: s for s in scans}, settings, inferer)
         return prepared
 
-    def shared_threshold(self, sources: dict[str, ScanSource], settings: RunSettings, inferer: SliceInferer) -> float:
-        """:meth:`voxel_threshold`, made by rank 0 and read from the store by the other ``torchrun`` ranks."""
+    def shared_null(self, sources: dict[str, ScanSource], settings: RunSettings,
+                    inferer: SliceInferer) -> tuple[IntensityFusion, float]:
+        """:meth:`voxel_null`, made by rank 0 and read from the store by the other ``torchrun`` ranks."""
         rank, world = rank_world()
         if world == 1:
-            return self.voxel_threshold(sources, settings, inferer)
+            return self.voxel_null(sources, settings, inferer)
         key = {"scale": self.scale.describe(), "scans": sorted(e.digest for e in self.entries.values()),
                "cohort": self.settings.describe(self.model), "window": settings.window}
         if rank == 0:
-            self.store.save_threshold(key, self.voxel_threshold(sources, settings, inferer))
+            fusion, threshold = self.voxel_null(sources, settings, inferer)
+            self.store.save_null(key, {"fusion": fusion.describe(), "threshold": threshold})
         barrier()
-        shared = self.store.load_threshold(key)
-        return shared if shared is not None else self.voxel_threshold(sources, settings, inferer)
+        shared = self.store.load_null(key)
+        if shared is None:
+            return self.voxel_null(sources, settings, inferer)
+        fusion = shared["fusion"]
+        return IntensityFusion(fusion["intensity_weight"], fusion["map_median"], fusion["map_scale"],
+                               (fusion["vouch_intensity"], fusion["vouch_map"])), float(shared["threshold"])
 
 
     def cohort_scale(self) -> CohortScale:
@@ -232,15 +244,16 @@ class CohortScoring:
         if name not in self.entries:
             return {}
         rows, used = self.candidate_rows(name)
-        scale = self.scale.describe() if self.scale is not None else None
+        scale = {**self.scale.describe(), **self.fusion.describe()} if self.scale is not None else None
         return candidate_identity(self.settings.describe(self.model), rows, used, scale)
 
     def infer(self, loaded: LoadedScan, settings: RunSettings, inferer: SliceInferer, begun: float) -> ScanResult:
         """Score one scan against its candidates and place its maps on its grid (see the module docstring)."""
         return finish_scan(self.model, loaded, settings, self.maps(loaded, inferer), begun)
 
-    def maps(self, loaded: LoadedScan, inferer: SliceInferer) -> ScanMaps:
-        """One scan's map volume from its cohort scores on the cohort's scale."""
+    def maps(self, loaded: LoadedScan, inferer: SliceInferer, with_intensity: bool = True) -> ScanMaps:
+        """One scan's map volume from its cohort scores on the cohort's scale, fused with its intensity term
+        as :attr:`fusion` says (unless not ``with_intensity``)."""
         name = loaded.scan.source.name
         if name not in self.entries:
             raise ScanLoadError(loaded.scan.source.path, f"left out of the cohort: {self.failed.get(name)}")
@@ -262,9 +275,14 @@ class CohortScoring:
             return {"map": maps, "score": top_fraction_mean(maps)}
 
         scan = loaded.scan
-        maps = inferer.assemble(scan.volume, step, model.config.image_size,
-                                slice_preprocessing(model.config, (scan.window.low, scan.window.high)))
-        return maps
+        window = (scan.window.low, scan.window.high)
+        maps = inferer.assemble(scan.volume, step, model.config.image_size, slice_preprocessing(model.config, window))
+        if not with_intensity or self.fusion.weight == 0:
+            return maps
+        volume = scan.volume[0].as_tensor()
+        intensity = intensity_z(volume, window, volume_body_mask(volume, window))
+        maps.anomaly[0] = self.fusion.apply(maps.anomaly[0].as_tensor(), intensity)
+        return ScanMaps(maps.anomaly, replace(maps.scores, scores=slice_scores(maps.anomaly[0], maps.scores)))
 
     def _depth_sigma(self, loaded: LoadedScan, inferer: SliceInferer) -> float:
         """Half the in-plane footprint of a patch (mm: the slice's longest side over the patches along it),
@@ -277,28 +295,36 @@ class CohortScoring:
         footprint = extent * self.model.backbone.patch_size / self.model.config.image_size
         return footprint / 2 / spacing[axis]
 
-    def voxel_threshold(self, sources: dict[str, ScanSource], settings: RunSettings, inferer: SliceInferer) -> float:
-        """The mask threshold: :data:`NULL_SD` robust sd above the median of the body voxels of the maps of
-        :data:`NULL_SCANS` scans (those with the smallest sha256 of their feature key: a few added scans
-        seldom change the choice), rounded to an eighth of that sd."""
+    def voxel_null(self, sources: dict[str, ScanSource], settings: RunSettings,
+                   inferer: SliceInferer) -> tuple[IntensityFusion, float]:
+        """The intensity fusion and the mask threshold, from the body voxels of the maps of :data:`NULL_SCANS`
+        scans (those with the smallest sha256 of their feature key: a few added scans seldom change the
+        choice): the fusion of the maps with their intensity z-scores, then :data:`NULL_SD` robust sd above
+        the median of the fused values, rounded to an eighth of that sd."""
         chosen = sorted(self.entries, key=lambda n: hashlib.sha256(self.entries[n].digest.encode()).hexdigest())
-        values = []
+        maps_sample, intensity_sample = [], []
         for name in chosen[:NULL_SCANS]:
             try:
                 scan = load_scan(sources[name], window=settings.window)
             except LOAD_ERRORS as error:
-                logger.warning("%s: left out of the mask threshold's null: %s", name, getattr(error, "reason", error))
+                logger.warning("%s: left out of the voxel null: %s", name, getattr(error, "reason", error))
                 continue
-            maps = self.maps(LoadedScan(scan, 0.0, 0.0), inferer)
+            maps = self.maps(LoadedScan(scan, 0.0, 0.0), inferer, with_intensity=False)
             anomaly = maps.anomaly[0].as_tensor()
-            body = volume_body_mask(scan.volume[0].as_tensor(), (scan.window.low, scan.window.high))
-            inside = anomaly[body & maps.scores.run_voxels(tuple(anomaly.shape))]
-            values.append(inside[torch.randperm(inside.numel(), generator=torch.Generator().manual_seed(0))[:NULL_VOXELS]])
-        if not values:
-            return COHORT_THRESHOLD
-        median, spread = robust_statistics(torch.cat(values))
+            volume, window = scan.volume[0].as_tensor(), (scan.window.low, scan.window.high)
+            body = volume_body_mask(volume, window)
+            inside = (body & maps.scores.run_voxels(tuple(anomaly.shape))).nonzero(as_tuple=True)
+            pick = torch.randperm(inside[0].numel(), generator=torch.Generator().manual_seed(0))[:NULL_VOXELS]
+            voxels = tuple(index[pick] for index in inside)
+            maps_sample.append(anomaly[voxels])
+            intensity_sample.append(intensity_z(volume, window, body)[voxels])
+        if not maps_sample:
+            return IntensityFusion(), COHORT_THRESHOLD
+        maps_values, intensities = torch.cat(maps_sample), torch.cat(intensity_sample)
+        fusion = IntensityFusion.of(maps_values, intensities, NULL_SD) if self.settings.intensity == "vouched" else IntensityFusion()
+        median, spread = robust_statistics(fusion.apply(maps_values, intensities))
         step = spread / 8
-        return round((median + NULL_SD * spread) / step) * step
+        return fusion, round((median + NULL_SD * spread) / step) * step
 
     def compared(self, name: str) -> torch.Tensor:
         """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices, from the store when they
@@ -341,8 +367,17 @@ class CohortScoring:
         return {**self.settings.describe(self.model), "scans": len(self.entries),
                 "fallback_same_scan": bool(self.candidates is not None and self.candidates.fallback_same_scan),
                 "feature_store": str(self.store.folder), "scale": self.scale.describe(),
+                "intensity": self.fusion.describe(),
                 "threshold_rule": f"median + {NULL_SD:g} robust sd of the body voxels of {NULL_SCANS} scans' maps "
                                   f"(at most {NULL_VOXELS} voxels each)"}
+
+
+def slice_scores(anomaly: torch.Tensor, scores) -> list[float | None]:
+    """Per slice of ``scores``' axis with a score: the mean of the top 1 % of its voxels of ``anomaly`` ``(X, Y, Z)``
+    (:func:`~visualad_med.model.torch_model.top_fraction_mean`, as the slice maps are scored)."""
+    slices = anomaly.movedim(scores.axis, 0)
+    return [None if value is None else float(top_fraction_mean(slices[k:k + 1]))
+            for k, value in enumerate(scores.scores)]
 
 
 def candidate_identity(settings: dict, rows: object, scans: list[str], scale: dict | None = None) -> dict:

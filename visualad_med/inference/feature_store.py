@@ -30,7 +30,7 @@ import numpy as np
 from visualad_med.io.atomic import atomic_path
 
 STORE_SCHEMA = "visualad_med.feature_store/1"
-THRESHOLD_FILE = "cohort_threshold.json"
+NULL_FILE = "cohort_null.json"
 """The cohort's mask threshold, made by ``torchrun`` rank 0 for the others."""
 STORE_FOLDER = ".features"
 """The store's folder under the output folder, unless a run names another."""
@@ -200,16 +200,17 @@ class FeatureStore:
         except (OSError, ValueError):
             return None
 
-    def save_threshold(self, key: dict, threshold: float) -> None:
-        """Keep the cohort's mask threshold made under ``key`` (for the other ``torchrun`` ranks)."""
-        self._write_json(self.folder / THRESHOLD_FILE, {"schema": STORE_SCHEMA, "key": json.loads(json.dumps(key)),
-                                                         "threshold": threshold})
+    def save_null(self, key: dict, null: dict) -> None:
+        """Keep the cohort's voxel null (intensity fusion and mask threshold) made under ``key`` (for the other
+        ``torchrun`` ranks)."""
+        self._write_json(self.folder / NULL_FILE, {"schema": STORE_SCHEMA, "key": json.loads(json.dumps(key)),
+                                                   "null": null})
 
-    def load_threshold(self, key: dict) -> float | None:
-        """The threshold kept under ``key``, ``None`` if there is none."""
-        record = self._read_json(self.folder / THRESHOLD_FILE)
+    def load_null(self, key: dict) -> dict | None:
+        """The null kept under ``key``, ``None`` if there is none."""
+        record = self._read_json(self.folder / NULL_FILE)
         matches = record is not None and record.get("key") == json.loads(json.dumps(key))
-        return float(record["threshold"]) if matches else None
+        return record["null"] if matches else None
 
     def size_bytes(self) -> int:
         """Bytes of every file in the store."""

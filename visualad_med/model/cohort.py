@@ -27,7 +27,8 @@ import torch
 
 from .torch_model import VisualAD, upsample_scores
 from .candidates import DEFAULT_CANDIDATES
-from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, default_layers, robust_statistics
+from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, cohort_scores, default_layers, nearest_candidates
+from .mutual import robust_statistics
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
 from visualad_med.errors import SettingError
@@ -35,14 +36,20 @@ from visualad_med.errors import SettingError
 logger = logging.getLogger(__name__)
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
+DEFAULT_IMAGE_SCORING = "visualad+mutual"
+"""What 2D images of one kind do when no scoring is asked for (evaluate's classes, ``predict --cohort``): each
+against the others, fused with the head (see the model card's suite)."""
 DEFAULT_VOLUME_SCORING = "mutual"
 """What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
 """Mask threshold of cohort maps, in robust standard deviations of the patch scores above the cohort's median,
-where no voxel null is made (volume cohorts make one: :meth:`~visualad_med.inference.cohort.CohortScoring.voxel_threshold`)."""
+where no voxel null is made (volume cohorts make one: :meth:`~visualad_med.inference.cohort.CohortScoring.voxel_null`)."""
 DEPTHS = ("patch", "none")
 """Smoothing of a volume's patch scores across slices: Gaussian with sigma half the in-plane patch footprint
 (mm), or none."""
+INTENSITY_TERMS = ("vouched", "none")
+"""Volume cohorts: the intensity term fused with the maps as the run's data vouch for it
+(:mod:`~visualad_med.model.intensity`), or not at all."""
 MATCHES = ("anatomy", "position")
 """How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
 
@@ -65,6 +72,7 @@ class CohortSettings:
             also the position window of a reference bank's slices.
         per_scan: volumes, ``position``: candidate slices taken from each other scan.
         depth: volumes: patch scores smoothed across neighbouring slices (:data:`DEPTHS`).
+        intensity: volumes: the intensity term (:data:`INTENSITY_TERMS`).
         layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
         bank: few-shot references compared with instead of the cohort.
         bank_file: where the bank was saved or read.
@@ -81,6 +89,7 @@ class CohortSettings:
     window: float = 0.05
     per_scan: int = 3
     depth: str = "patch"
+    intensity: str = "vouched"
     layers: tuple[int, ...] | None = None
     bank: ReferenceBank | None = None
     bank_file: str | None = None
@@ -91,6 +100,9 @@ class CohortSettings:
             raise SettingError("scoring", f"unknown cohort scoring {self.scoring!r}; valid: {', '.join(COHORT_SCORINGS)}")
         if self.depth not in DEPTHS:
             raise SettingError("cohort_depth", f"unknown depth smoothing {self.depth!r}; valid: {', '.join(DEPTHS)}")
+        if self.intensity not in INTENSITY_TERMS:
+            raise SettingError("cohort_intensity", f"unknown intensity term {self.intensity!r}; valid: "
+                               f"{', '.join(INTENSITY_TERMS)}")
         if self.match not in MATCHES:
             raise SettingError("cohort_match", f"unknown candidate rule {self.match!r}; valid: {', '.join(MATCHES)}")
         if (not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0
@@ -117,8 +129,18 @@ class CohortSettings:
         compared = "the cohort" if self.bank is None else f"{self.bank.features.shape[0]} reference images"
         return {"scoring": self.scoring, "compared_with": compared, "reference_bank": self.bank_file,
                 "fraction": self.fraction, "neighbours": self.neighbours, "candidates": self.candidates,
-                "match": self.match, "position_prior": self.position_prior, "depth": self.depth, "window": self.window,
+                "match": self.match, "position_prior": self.position_prior, "depth": self.depth, "intensity": self.intensity,
+                "window": self.window,
                 "per_scan": self.per_scan, "layers": list(self.feature_layers(model))}
+
+
+def image_cohort_scores(features: torch.Tensor, cohort: CohortSettings, model: VisualAD, resize: str) -> torch.Tensor:
+    """``(M, N)`` patch scores of ``(M, T, N, D)`` features of 2D images of one kind: against the reference bank,
+    or each against the other images (its ``cohort.neighbours`` most similar)."""
+    if cohort.bank is not None:
+        cohort.bank.check_fits(model, cohort.feature_layers(model), resize)
+        return cohort.bank.scores(features)
+    return cohort_scores(features, nearest_candidates(features, cohort.neighbours), cohort.fraction)
 
 
 def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
@@ -132,7 +154,8 @@ SCALE_STEP = 1.05
 the scale, so that adding a few scans to a large cohort seldom moves them (see :class:`CohortScale`)."""
 
 
-def _rounded(location: float, scale: float, quantise: bool) -> tuple[float, float]:
+def rounded_statistics(location: float, scale: float, quantise: bool = True) -> tuple[float, float]:
+    """``(median, scale)`` rounded as :data:`SCALE_STEP` says when ``quantise``, else as they are."""
     if not quantise:
         return location, scale
     scale = SCALE_STEP ** round(math.log(scale, SCALE_STEP))
@@ -158,12 +181,12 @@ class CohortScale:
     @classmethod
     def of(cls, scoring: str, head: torch.Tensor, cohort: torch.Tensor, quantise: bool = False) -> CohortScale:
         """The scale of ``(M, N)`` head and cohort patch scores of a whole cohort."""
-        mutual = _rounded(*robust_statistics(cohort), quantise)
+        mutual = rounded_statistics(*robust_statistics(cohort), quantise)
         if scoring == "mutual":
             return cls(scoring, mutual)
-        head_scale = _rounded(*robust_statistics(head), quantise)
+        head_scale = rounded_statistics(*robust_statistics(head), quantise)
         unfused = cls(scoring, mutual, head_scale)
-        return replace(unfused, fused=_rounded(*robust_statistics(unfused._mean(head, cohort)), quantise))
+        return replace(unfused, fused=rounded_statistics(*robust_statistics(unfused._mean(head, cohort)), quantise))
 
     def _mean(self, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:
         return ((head - self.head[0]) / self.head[1] + (cohort - self.mutual[0]) / self.mutual[1]) / 2.0
