@@ -16,6 +16,7 @@ from builders import make_mvfa
 from visualad_med.apps.cli import main
 from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, smooth_across_slices
 from visualad_med.model.mutual import (
+    aggregate_neighbourhood,
     cohort_scores,
     grouped_scores,
     interval_average,
@@ -235,3 +236,23 @@ def test_smoothing_across_slices_keeps_constants_spreads_a_spike_and_skips_absen
     edge[3:] = 1.0  # slices 5 and 6 average only with each other, not with the absent 3 and 4
     torch.testing.assert_close(smooth_across_slices(edge, indices, 0.9)[3:], torch.ones(2, 4))  # 3 sigma < 3 slices
     torch.testing.assert_close(smooth_across_slices(spike, indices, 0.0), spike)
+
+
+def test_neighbourhood_aggregation_matches_a_slow_reference():
+    """Degree r: each patch's normalised mean over the r x r neighbours that exist on the grid (a loop)."""
+    generator = torch.Generator().manual_seed(0)
+    rows, columns, width = 4, 5, 6
+    features = F.normalize(torch.randn(2, 3, rows * columns, width, generator=generator), dim=-1)
+    assert aggregate_neighbourhood(features, (rows, columns), 1) is features
+    for degree in (3, 5):
+        fast = aggregate_neighbourhood(features, (rows, columns), degree)
+        grid = features.reshape(2, 3, rows, columns, width)
+        slow = torch.empty_like(grid)
+        half = degree // 2
+        for i in range(rows):
+            for j in range(columns):
+                block = grid[:, :, max(0, i - half):i + half + 1, max(0, j - half):j + half + 1]
+                slow[:, :, i, j] = F.normalize(block.mean(dim=(2, 3)), dim=-1)
+        torch.testing.assert_close(fast, slow.reshape(2, 3, rows * columns, width), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        aggregate_neighbourhood(features, (rows, columns), 2)

@@ -50,7 +50,9 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
                                resize, fraction=args.cohort_fraction, neighbours=args.cohort_neighbours,
                                window=args.cohort_window, candidates=args.cohort_candidates, match=args.cohort_match,
                                position_prior=args.cohort_prior, depth=args.cohort_depth,
-                               intensity=args.cohort_intensity)
+                               intensity=args.cohort_intensity,
+                               degrees=tuple(int(d) for d in args.cohort_degrees.split(",")) if args.cohort_degrees
+                               else None)
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:

@@ -69,6 +69,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mutual, volumes: smooth each slice's patch scores with its neighbours' (patch, the "
                        "default: Gaussian across slices with sigma half the in-plane footprint of a patch, in mm, so "
                        "the map's resolution is about the same in every direction; none: each slice alone)")
+    group.add_argument("--cohort-degrees", default=None,
+                       help="cohort and reference scorings: comma-separated odd neighbourhood sizes (in patches) "
+                       "over which patch features are averaged before comparing, the scores of each averaged "
+                       "(MuSc's 1,3,5; default 1; the cost grows with their number)")
     group.add_argument("--cohort-intensity", default=None, choices=["vouched", "none"],
                        help="mutual, volumes: the intensity term (vouched, the default: the robust z-score of each "
                        "voxel's windowed intensity over its scan's body, averaged with the map with a weight set by "

@@ -46,7 +46,8 @@ from visualad_med.model.cohort import CohortScale, patch_maps, smooth_across_sli
 from visualad_med.model.intensity import IntensityFusion, intensity_z
 from visualad_med.transforms import anatomical_axis
 from visualad_med.model.body_reference import volume_body_mask
-from visualad_med.model.mutual import global_descriptors, grouped_scores, position_candidates, robust_statistics
+from visualad_med.model.mutual import aggregate_neighbourhood, global_descriptors, grouped_scores, position_candidates
+from visualad_med.model.mutual import robust_statistics
 from visualad_med.model.reference_bank import ReferenceBank
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
 
@@ -331,6 +332,8 @@ class CohortScoring:
         were made against the same candidates with the same interval share (or bank), else computed and stored."""
         made_with = [self.settings.fraction, self.settings.bank_file, str(self.compare_dtype),
                      self.candidate_rows(name)[0]]
+        if self.settings.degrees != (1,):
+            made_with.append(list(self.settings.degrees))
         digest = candidate_identity({}, made_with, [])["candidates_sha256"]
         stored = self.store.load_scores(name, digest)
         if stored is not None:
@@ -340,14 +343,21 @@ class CohortScoring:
         return scores
 
     def _compare(self, name: str) -> torch.Tensor:
-        """:meth:`compared`, computed."""
+        """:meth:`compared`, computed: the mean over the neighbourhood degrees of the scores against the candidates
+        (or the bank), features aggregated per degree (:func:`~visualad_med.model.mutual.aggregate_neighbourhood`)."""
         entry = self.entries[name]
         query = torch.from_numpy(entry.features.read())
+        side = self.model.config.image_size
+        grid = self.model.backbone.grid_for(side, side)
+        degrees = self.settings.degrees
         if self.candidates is None:
-            return self.settings.bank.scores(query, torch.from_numpy(entry.positions).float(), self.settings.window)
+            positions = torch.from_numpy(entry.positions).float()
+            return torch.stack([self.settings.bank.scores(query, positions, self.settings.window, grid=grid,
+                                                          degree=degree) for degree in degrees]).mean(dim=0)
         names, scan_of, index = self._slice_table
         offsets = self._offsets
         start = offsets[name]
+        aggregated = {degree: aggregate_neighbourhood(query, grid, degree) for degree in degrees}
         scores = torch.zeros(query.shape[0], query.shape[2])
         for k in range(query.shape[0]):
             chosen = self.candidates.of(start + k)
@@ -357,9 +367,11 @@ class CohortScoring:
             references = torch.from_numpy(np.concatenate([
                 self.entries[names[scan_of[group[0]]]].features.rows(group - offsets[names[scan_of[group[0]]]])
                 for group in groups]))
-            labels = np.concatenate([scan_of[group] for group in groups])
-            scores[k] = grouped_scores(query[k], references, labels.tolist(), self.settings.fraction,
-                                       dtype=self.compare_dtype)
+            labels = np.concatenate([scan_of[group] for group in groups]).tolist()
+            scores[k] = torch.stack([
+                grouped_scores(aggregated[degree][k], aggregate_neighbourhood(references, grid, degree), labels,
+                               self.settings.fraction, dtype=self.compare_dtype)
+                for degree in degrees]).mean(dim=0)
         return scores
 
     def report(self) -> dict:

@@ -27,7 +27,8 @@ import torch
 
 from .torch_model import VisualAD, upsample_scores
 from .candidates import DEFAULT_CANDIDATES
-from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, cohort_scores, default_layers, nearest_candidates
+from .mutual import DEFAULT_FRACTION, DEFAULT_NEIGHBOURS, aggregate_neighbourhood, cohort_scores, default_layers
+from .mutual import nearest_candidates
 from .mutual import robust_statistics
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
@@ -73,6 +74,8 @@ class CohortSettings:
         per_scan: volumes, ``position``: candidate slices taken from each other scan.
         depth: volumes: patch scores smoothed across neighbouring slices (:data:`DEPTHS`).
         intensity: volumes: the intensity term (:data:`INTENSITY_TERMS`).
+        degrees: neighbourhood degrees of patch aggregation (:func:`~visualad_med.model.mutual.aggregate_neighbourhood`);
+            the scores of each degree are averaged, as MuSc does with 1, 3, 5 (cost: one comparison per degree).
         layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
         bank: few-shot references compared with instead of the cohort.
         bank_file: where the bank was saved or read.
@@ -90,6 +93,7 @@ class CohortSettings:
     per_scan: int = 3
     depth: str = "patch"
     intensity: str = "vouched"
+    degrees: tuple[int, ...] = (1,)
     layers: tuple[int, ...] | None = None
     bank: ReferenceBank | None = None
     bank_file: str | None = None
@@ -106,9 +110,10 @@ class CohortSettings:
         if self.match not in MATCHES:
             raise SettingError("cohort_match", f"unknown candidate rule {self.match!r}; valid: {', '.join(MATCHES)}")
         if (not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0
-                or self.candidates < 1 or (self.position_prior is not None and self.position_prior <= 0)):
+                or self.candidates < 1 or not self.degrees or any(d < 1 or d % 2 == 0 for d in self.degrees)
+                or (self.position_prior is not None and self.position_prior <= 0)):
             raise ValueError(f"cohort settings out of range: fraction {self.fraction} (0..1], neighbours "
-                             f"{self.neighbours} >= 1, candidates {self.candidates} >= 1, per_scan {self.per_scan} "
+                             f"{self.neighbours} >= 1, candidates {self.candidates} >= 1, degrees {self.degrees} odd, per_scan {self.per_scan} "
                              f">= 1, window {self.window} >= 0, position prior {self.position_prior} > 0")
 
     def applies_to(self, scans: int, log: bool = True) -> bool:
@@ -130,17 +135,22 @@ class CohortSettings:
         return {"scoring": self.scoring, "compared_with": compared, "reference_bank": self.bank_file,
                 "fraction": self.fraction, "neighbours": self.neighbours, "candidates": self.candidates,
                 "match": self.match, "position_prior": self.position_prior, "depth": self.depth, "intensity": self.intensity,
+                "degrees": list(self.degrees),
                 "window": self.window,
                 "per_scan": self.per_scan, "layers": list(self.feature_layers(model))}
 
 
 def image_cohort_scores(features: torch.Tensor, cohort: CohortSettings, model: VisualAD, resize: str) -> torch.Tensor:
     """``(M, N)`` patch scores of ``(M, T, N, D)`` features of 2D images of one kind: against the reference bank,
-    or each against the other images (its ``cohort.neighbours`` most similar)."""
+    or each against the other images (its ``cohort.neighbours`` most similar); the mean over ``cohort.degrees``."""
+    grid = model.backbone.grid_for(model.config.image_size, model.config.image_size)
     if cohort.bank is not None:
         cohort.bank.check_fits(model, cohort.feature_layers(model), resize)
-        return cohort.bank.scores(features)
-    return cohort_scores(features, nearest_candidates(features, cohort.neighbours), cohort.fraction)
+        return torch.stack([cohort.bank.scores(features, grid=grid, degree=degree)
+                            for degree in cohort.degrees]).mean(dim=0)
+    candidates = nearest_candidates(features, cohort.neighbours)
+    return torch.stack([cohort_scores(aggregate_neighbourhood(features, grid, degree), candidates, cohort.fraction)
+                        for degree in cohort.degrees]).mean(dim=0)
 
 
 def fuse_patch_scores(scoring: str, head: torch.Tensor, cohort: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,32 @@ def patch_distances(query: torch.Tensor, references: torch.Tensor, chunk: int = 
     return torch.cat(out) if out else query.new_zeros(0, query.shape[1])
 
 
+def aggregate_neighbourhood(features: torch.Tensor, grid: tuple[int, int], degree: int) -> torch.Tensor:
+    """Each patch feature averaged with its ``degree x degree`` neighbourhood on the patch grid, re-normalised.
+
+    MuSc's LNAMD aggregates patch tokens over neighbourhoods of several degrees (1, 3, 5) so that a patch is
+    compared with what surrounds it as well as itself; here the neighbourhood mean of the normalised tokens
+    (edges: the mean of the neighbours that exist). ``degree`` 1 returns ``features`` as they are.
+
+    Args:
+        features: ``(..., N, D)`` with ``N = grid[0] x grid[1]`` (row-major).
+        grid: the patch grid ``(rows, columns)``.
+        degree: odd neighbourhood side in patches.
+
+    Returns:
+        ``features``' shape and dtype.
+    """
+    if degree == 1:
+        return features
+    if degree < 1 or degree % 2 == 0:
+        raise ValueError(f"neighbourhood degree must be odd and positive, got {degree}")
+    *lead, patches, width = features.shape
+    planes = features.reshape(-1, *grid, width).permute(0, 3, 1, 2).float()
+    pooled = F.avg_pool2d(planes, degree, stride=1, padding=degree // 2, count_include_pad=False)
+    out = F.normalize(pooled.permute(0, 2, 3, 1).reshape(*lead, patches, width), dim=-1)
+    return out.to(features.dtype)
+
+
 def interval_average(distances: torch.Tensor, fraction: float = DEFAULT_FRACTION) -> torch.Tensor:
     """``(G, N)`` distances to G groups -> ``(N,)``: mean of the smallest ``ceil(fraction x G)`` per patch."""
     count = max(1, math.ceil(fraction * distances.shape[0]))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from visualad_med.io.atomic import atomic_path
 from .torch_model import VisualAD
-from .mutual import patch_distances, stack_features
+from .mutual import aggregate_neighbourhood, patch_distances, stack_features
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +72,24 @@ class ReferenceBank:
                              "--reference")
 
     def scores(self, query: torch.Tensor, positions: torch.Tensor | None = None, window: float = 0.05,
-               chunk: int = 32) -> torch.Tensor:
+               chunk: int = 32, grid: tuple[int, int] | None = None, degree: int = 1) -> torch.Tensor:
         """``(M, T, N, D)`` query features -> ``(M, N)``: distance of each patch to its nearest bank patch.
 
         With ``positions`` (volumes) and a bank with positions, only bank slices within ``window``
-        of a query slice's position (the nearest at least) are searched.
+        of a query slice's position (the nearest at least) are searched. With ``degree`` above 1 the
+        query and the bank are both aggregated over that neighbourhood of the patch ``grid``
+        (:func:`~visualad_med.model.mutual.aggregate_neighbourhood`).
         """
+        if degree != 1:
+            query = aggregate_neighbourhood(query, grid, degree)
         out = torch.empty(query.shape[0], query.shape[2])
         for index in range(query.shape[0]):
             rows = torch.arange(self.features.shape[0])
             if positions is not None and self.positions is not None:
                 gap = (self.positions - positions[index]).abs()
                 rows = torch.nonzero(gap <= window).flatten() if (gap <= window).any() else gap.argmin().view(1)
-            out[index] = patch_distances(query[index], self.features[rows], chunk).amin(dim=0)
+            out[index] = patch_distances(query[index], aggregate_neighbourhood(self.features[rows], grid, degree),
+                                         chunk).amin(dim=0)
         return out
 
     def save(self, path: Path) -> Path:
