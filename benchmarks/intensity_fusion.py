@@ -9,7 +9,9 @@ run's map, standardised over the body voxels of the whole run (median, 1.4826 x 
   ``2 Phi(z_map) - 1`` (0 at the null's median, 0.95 at 2 sd): bright voxels count only where the map
   already finds them unusual, so bright normal anatomy (scalp, bone) that the map explains adds nothing;
 * ``agreement``: the map plus the intensity z-score weighted by the run's own Spearman correlation of
-  the two over its body voxels (clipped at 0).
+  the two over its body voxels (clipped at 0);
+* ``vouched``: the product's rule (:class:`visualad_med.model.intensity.IntensityFusion`) on a sample
+  of every 50th body voxel of every scan (the product takes 200,000 voxels of 8 scans).
 
 Printed per variant: pooled voxel AP, best Dice and slice AUROC over the body (as ``intensity_baseline.py``)
 and the mean per-scan voxel AP with a paired bootstrap interval of its difference to the map.
@@ -27,11 +29,13 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 from scipy.stats import spearmanr
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score
 
 from intensity_baseline import pooled, slice_scores
+from visualad_med.inference.cohort import NULL_SD
 from visualad_med.io import load_scan
 from visualad_med.model.body_reference import volume_body_mask
+from visualad_med.model.intensity import IntensityFusion
 from visualad_med.transforms import anatomical_axis
 
 
@@ -44,15 +48,6 @@ def bootstrap(differences: np.ndarray, draws: int = 2000) -> tuple[float, float]
     rng = np.random.default_rng(0)
     means = differences[rng.integers(0, len(differences), (draws, len(differences)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def vouched(judge: np.ndarray, term: np.ndarray, tail_sd: float = 3.0) -> float:
-    """How far ``judge`` ranks the voxels of ``term``'s tail (z > ``tail_sd``) above all voxels: 2 AUROC - 1, >= 0."""
-    tail = term > tail_sd
-    if not tail.any():
-        return 0.0
-    labels = np.r_[np.ones(tail.sum()), np.zeros(len(tail))]
-    return max(0.0, 2 * roc_auc_score(labels, np.r_[judge[tail], judge]) - 1)
 
 
 def main() -> None:
@@ -79,16 +74,16 @@ def main() -> None:
         s["map"] = (s["map"] - m_median) / m_spread
     pairs = np.concatenate([np.stack([s["map"][s["body"]][::50], s["intensity"][s["body"]][::50]]) for s in scans], 1)
     weight = max(0.0, float(spearmanr(pairs[0], pairs[1]).statistic))
-    vouch, vouch_map = vouched(pairs[0], pairs[1]), vouched(pairs[1], pairs[0])
-    mutual_weight = vouch / (vouch + vouch_map) if vouch > 0 else 0.0
+    vouched = IntensityFusion.of(torch.from_numpy(pairs[0]), torch.from_numpy(pairs[1]), NULL_SD)
+    w = vouched.weight
     variants = {
         "map": lambda s: s["map"],
         "intensity z-score": lambda s: s["intensity"],
         "mean": lambda s: (s["map"] + s["intensity"]) / 2,
         "gated": lambda s: s["map"] + np.clip(2 * ndtr(s["map"]) - 1, 0, None) * np.clip(s["intensity"], 0, None),
         f"agreement (w={weight:.2f})": lambda s: s["map"] + weight * s["intensity"],
-        f"vouched (w={vouch:.2f})": lambda s: s["map"] + vouch * s["intensity"],
-        f"vouched both ({vouch_map:.2f}, {vouch:.2f})": lambda s: (1 - mutual_weight) * s["map"] + mutual_weight * s["intensity"],
+        f"vouched, the product's rule (w={w:.2f}; v_int {vouched.vouches[0]:.2f}, v_map {vouched.vouches[1]:.2f})":
+            lambda s: (1 - w) * s["map"] + w * s["intensity"],
     }
     print(f"{args.data.name}, maps of {args.maps.name}: pooled over the body voxels (percent)")
     print("| variant | voxel AP | slice AUROC | best Dice | per-scan voxel AP | vs map [95 % CI] |")

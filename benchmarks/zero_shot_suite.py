@@ -76,12 +76,14 @@ TRAINING_SETS = {
 COLUMNS = [f"{name}:{key}" for name, (_, keys) in SETS.items() for _, key in keys]
 
 
-def run_set(name: str, options: list[str], data: Path, out: Path, fresh: bool) -> dict:
-    """``visualad-med evaluate`` of one variant on one set (cached); returns its results.json."""
+def run_set(name: str, options: list[str], data: Path, out: Path, fresh: bool, store: Path | None = None) -> dict:
+    """``visualad-med evaluate`` of one variant on one set (cached); returns its results.json. Volume sets share
+    ``store/<set>`` as their feature store when ``store`` is given (variants that change features key apart)."""
     results = out / "results.json"
     if fresh or not results.is_file():
+        shared = ["--feature-store", str(store / name)] if store is not None and "msd" in SETS[name][0] else []
         command = [sys.executable, "-m", "visualad_med", "evaluate", "--data", str(data), "--out", str(out),
-                   *SETS[name][0], *options]
+                   *SETS[name][0], *shared, *options]
         print("$", shlex.join(command), file=sys.stderr, flush=True)
         started = time.perf_counter()
         finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -111,7 +113,7 @@ def evaluate_variant(spec: str, args: argparse.Namespace) -> tuple[str, dict[str
     values: dict[str, float] = {}
     for set_name in SETS:
         results = run_set(set_name, shlex.split(options), args.data / set_name, args.out / name / set_name,
-                          args.fresh)
+                          args.fresh, args.feature_store)
         values.update(headline(set_name, results))
     return name, {**values, **scores(values)}
 
@@ -219,6 +221,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED, help="folder holding the dev sets")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "suite", help="cache of every run")
     parser.add_argument("--fresh", action="store_true", help="recompute cached runs")
+    parser.add_argument("--feature-store", type=Path, default=None,
+                        help="share one feature store per volume set across variants (FOLDER/<set>)")
     parser.add_argument("--base", default="default", help="variant the others are bootstrapped against")
     parser.add_argument("--metadata", nargs=2, metavar=("VARIANT", "HEAD"), default=None,
                         help="write VARIANT's numbers and HEAD's training data into the bundle's metadata.json")
