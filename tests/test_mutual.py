@@ -23,6 +23,7 @@ from visualad_med.model.mutual import (
     nearest_candidates,
     patch_distances,
     position_candidates,
+    rescore_neighbourhood,
     robust_standardise,
 )
 
@@ -256,3 +257,18 @@ def test_neighbourhood_aggregation_matches_a_slow_reference():
         torch.testing.assert_close(fast, slow.reshape(2, 3, rows * columns, width), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="odd"):
         aggregate_neighbourhood(features, (rows, columns), 2)
+
+
+def test_rescoring_moves_a_lone_outlier_towards_its_look_alikes():
+    """Two groups of look-alike images; one image of the first group scores high alone: re-scoring pulls it
+    towards its group, leaves the window k = 1 as it was, and does not mix the groups."""
+    generator = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(2, 16, generator=generator), dim=-1)
+    descriptors = F.normalize(centres.repeat_interleave(5, dim=0) + 0.05 * torch.randn(10, 16, generator=generator),
+                              dim=-1)
+    scores = torch.tensor([1.0, 1.0, 1.0, 1.0, 5.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    torch.testing.assert_close(rescore_neighbourhood(scores, descriptors, (1,)), scores)
+    rescored = rescore_neighbourhood(scores, descriptors, (1, 2, 3))
+    assert 1.0 < rescored[4] < 4.0
+    assert torch.all(rescored[5:] == 3.0)
+    assert torch.all(rescored[:4] >= 1.0) and torch.all(rescored[:4] < rescored[4])

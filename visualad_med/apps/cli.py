@@ -51,8 +51,12 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
                                window=args.cohort_window, candidates=args.cohort_candidates, match=args.cohort_match,
                                position_prior=args.cohort_prior, depth=args.cohort_depth,
                                intensity=args.cohort_intensity,
-                               degrees=tuple(int(d) for d in args.cohort_degrees.split(",")) if args.cohort_degrees
-                               else None)
+                               degrees=_integers(args.cohort_degrees), rescore=_integers(args.cohort_rescore))
+
+
+def _integers(listed: str | None) -> tuple[int, ...] | None:
+    """``"1,3,5"`` -> ``(1, 3, 5)``; ``None`` stays ``None`` (the setting's default)."""
+    return tuple(int(value) for value in listed.split(",")) if listed else None
 
 
 def _refuse_cohort(args: argparse.Namespace, command: str) -> None:

@@ -73,6 +73,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="cohort and reference scorings: comma-separated odd neighbourhood sizes (in patches) "
                        "over which patch features are averaged before comparing, the scores of each averaged "
                        "(MuSc's 1,3,5; default 1; the cost grows with their number)")
+    group.add_argument("--cohort-rescore", default=None,
+                       help="2D cohorts (evaluate): re-score each image over its k most similar images by global "
+                       "descriptor, for each comma-separated k, averaged (MuSc's RsCIN, e.g. 1,2,3; default: none)")
     group.add_argument("--cohort-intensity", default=None, choices=["vouched", "none"],
                        help="mutual, volumes: the intensity term (vouched, the default: the robust z-score of each "
                        "voxel's windowed intensity over its scan's body, averaged with the map with a weight set by "

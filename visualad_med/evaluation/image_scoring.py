@@ -23,7 +23,7 @@ from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, head_pa
 from visualad_med.model.cohort import patch_maps
 from .pixel_metrics import PixelMetricAccumulator
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
-from visualad_med.model.mutual import stack_features
+from visualad_med.model.mutual import global_descriptors, rescore_neighbourhood, stack_features
 from .report import OverlaySample
 from visualad_med.model.devices import autocast
 
@@ -156,10 +156,18 @@ def _score_cohort(
         if rows.numel():
             compared = image_cohort_scores(stacked[rows], cohort, model, dataset.resize)
             fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], compared)
+    scores = torch.cat([top_fraction_mean(patch_maps(model, rows, batch["image"]))
+                        for rows, batch in zip(fused.split([len(b["path"]) for b in batches]), batches)])
+    if cohort.rescore:
+        descriptors = global_descriptors(stacked)
+        for class_name in dataset.classes:
+            rows = torch.from_numpy(np.flatnonzero(classes == class_name))
+            if rows.numel():
+                scores[rows] = rescore_neighbourhood(scores[rows], descriptors[rows], cohort.rescore)
     start = 0
     for batch in batches:
         count = len(batch["path"])
         maps = patch_maps(model, fused[start:start + count], batch["image"])
-        _feed(tallies, batch, maps.numpy(), top_fraction_mean(maps).numpy(), overlay_paths, dataset)
+        _feed(tallies, batch, maps.numpy(), scores[start:start + count].numpy(), overlay_paths, dataset)
         start += count
     return tallies

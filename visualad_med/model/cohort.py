@@ -74,6 +74,8 @@ class CohortSettings:
         per_scan: volumes, ``position``: candidate slices taken from each other scan.
         depth: volumes: patch scores smoothed across neighbouring slices (:data:`DEPTHS`).
         intensity: volumes: the intensity term (:data:`INTENSITY_TERMS`).
+        rescore: 2D: windows of image re-scoring over the most similar images
+            (:func:`~visualad_med.model.mutual.rescore_neighbourhood`, MuSc's RsCIN); empty: none.
         degrees: neighbourhood degrees of patch aggregation (:func:`~visualad_med.model.mutual.aggregate_neighbourhood`);
             the scores of each degree are averaged, as MuSc does with 1, 3, 5 (cost: one comparison per degree).
         layers: backbone blocks whose patch tokens are compared; ``None``: ``L/2, 3L/4, L``.
@@ -94,6 +96,7 @@ class CohortSettings:
     depth: str = "patch"
     intensity: str = "vouched"
     degrees: tuple[int, ...] = (1,)
+    rescore: tuple[int, ...] = ()
     layers: tuple[int, ...] | None = None
     bank: ReferenceBank | None = None
     bank_file: str | None = None
@@ -111,6 +114,7 @@ class CohortSettings:
             raise SettingError("cohort_match", f"unknown candidate rule {self.match!r}; valid: {', '.join(MATCHES)}")
         if (not 0.0 < self.fraction <= 1.0 or self.neighbours < 1 or self.per_scan < 1 or self.window < 0
                 or self.candidates < 1 or not self.degrees or any(d < 1 or d % 2 == 0 for d in self.degrees)
+                or any(k < 1 for k in self.rescore)
                 or (self.position_prior is not None and self.position_prior <= 0)):
             raise ValueError(f"cohort settings out of range: fraction {self.fraction} (0..1], neighbours "
                              f"{self.neighbours} >= 1, candidates {self.candidates} >= 1, degrees {self.degrees} odd, per_scan {self.per_scan} "
@@ -135,7 +139,7 @@ class CohortSettings:
         return {"scoring": self.scoring, "compared_with": compared, "reference_bank": self.bank_file,
                 "fraction": self.fraction, "neighbours": self.neighbours, "candidates": self.candidates,
                 "match": self.match, "position_prior": self.position_prior, "depth": self.depth, "intensity": self.intensity,
-                "degrees": list(self.degrees),
+                "degrees": list(self.degrees), "rescore": list(self.rescore),
                 "window": self.window,
                 "per_scan": self.per_scan, "layers": list(self.feature_layers(model))}
 

@@ -159,6 +159,32 @@ def aggregate_neighbourhood(features: torch.Tensor, grid: tuple[int, int], degre
     return out.to(features.dtype)
 
 
+def rescore_neighbourhood(scores: torch.Tensor, descriptors: torch.Tensor,
+                          windows: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
+    """Image scores re-scored over each image's most similar images (MuSc's RsCIN).
+
+    For each window ``k`` an image's score becomes the similarity-weighted mean of the scores of its ``k``
+    most similar images by global descriptor (itself included: ``k = 1`` keeps it); the results of the
+    windows are averaged. An image unlike its look-alikes moves towards them.
+
+    Args:
+        scores: ``(M,)`` image scores.
+        descriptors: ``(M, D)`` normalised global descriptors (:func:`global_descriptors`).
+        windows: the ``k`` values.
+
+    Returns:
+        ``(M,)`` float32 scores.
+    """
+    similarity = (descriptors.float() @ descriptors.float().T).clamp_min(0.0)
+    similarity.fill_diagonal_(1.0)
+    out = []
+    for window in windows:
+        top = similarity.topk(min(window, similarity.shape[0]), dim=1)
+        weights = top.values / top.values.sum(dim=1, keepdim=True)
+        out.append((weights * scores.float()[top.indices]).sum(dim=1))
+    return torch.stack(out).mean(dim=0)
+
+
 def interval_average(distances: torch.Tensor, fraction: float = DEFAULT_FRACTION) -> torch.Tensor:
     """``(G, N)`` distances to G groups -> ``(N,)``: mean of the smallest ``ceil(fraction x G)`` per patch."""
     count = max(1, math.ceil(fraction * distances.shape[0]))
