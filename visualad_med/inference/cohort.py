@@ -323,9 +323,7 @@ class CohortScoring:
             return IntensityFusion(), COHORT_THRESHOLD
         maps_values, intensities = torch.cat(maps_sample), torch.cat(intensity_sample)
         fusion = IntensityFusion.of(maps_values, intensities, NULL_SD) if self.settings.intensity == "vouched" else IntensityFusion()
-        median, spread = robust_statistics(fusion.apply(maps_values, intensities))
-        step = spread / 8
-        return fusion, round((median + NULL_SD * spread) / step) * step
+        return fusion, null_threshold(fusion.apply(maps_values, intensities))
 
     def compared(self, name: str) -> torch.Tensor:
         """``(S, N)`` mutual (or reference-bank) patch scores of scan ``name``'s slices, from the store when they
@@ -381,7 +379,16 @@ class CohortScoring:
                 "feature_store": str(self.store.folder), "scale": self.scale.describe(),
                 "intensity": self.fusion.describe(),
                 "threshold_rule": f"median + {NULL_SD:g} robust sd of the body voxels of {NULL_SCANS} scans' maps "
+                                  "(with the intensity term) "
                                   f"(at most {NULL_VOXELS} voxels each)"}
+
+
+def null_threshold(values: torch.Tensor) -> float:
+    """:data:`NULL_SD` robust sd (1.4826 x MAD) above the median of ``values``, rounded to an eighth of that sd:
+    for a normal null, 0.13 % of its values lie above it."""
+    median, spread = robust_statistics(values)
+    step = spread / 8
+    return round((median + NULL_SD * spread) / step) * step
 
 
 def slice_scores(anomaly: torch.Tensor, scores) -> list[float | None]:
