@@ -272,3 +272,13 @@ def test_rescoring_moves_a_lone_outlier_towards_its_look_alikes():
     assert 1.0 < rescored[4] < 4.0
     assert torch.all(rescored[5:] == 3.0)
     assert torch.all(rescored[:4] >= 1.0) and torch.all(rescored[:4] < rescored[4])
+
+
+def test_cohort_layers_are_chosen_and_checked(tmp_path):
+    root = make_mvfa(tmp_path / "mvfa", "Brain")
+    torch.manual_seed(0)
+    assert main(["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "out"),
+                 "--cohort-layers", "3,1", *MODEL]) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["cohort"]["layers"] == [1, 3]
+    assert main(["evaluate", "--data", str(root), "--layout", "mvfa", "--out", str(tmp_path / "bad"),
+                 "--cohort-layers", "99", *MODEL]) == 2

@@ -18,7 +18,7 @@ COHORT_SCORINGS = ("mutual", "visualad+mutual")
 SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
                "scoring": " (pass --scoring visualad to score each scan by the head alone)",
                "cohort_match": " (--cohort-match)", "cohort_depth": " (--cohort-depth)",
-               "cohort_intensity": " (--cohort-intensity)"}
+               "cohort_intensity": " (--cohort-intensity)", "cohort_layers": " (--cohort-layers)"}
 """What to add to a :class:`~visualad_med.errors.SettingError`'s message, by the setting it names."""
 QUIET_LOGGERS = {"highdicom": logging.WARNING, "faiss.loader": logging.WARNING, "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR}
 """Libraries' loggers raised to a level, unless ``--verbose``: highdicom's INFO lines (dozens per DICOM SEG, as
@@ -51,7 +51,8 @@ def cohort_settings(args: argparse.Namespace, model, out_dir: Path, run_settings
                                window=args.cohort_window, candidates=args.cohort_candidates, match=args.cohort_match,
                                position_prior=args.cohort_prior, depth=args.cohort_depth,
                                intensity=args.cohort_intensity,
-                               degrees=_integers(args.cohort_degrees), rescore=_integers(args.cohort_rescore))
+                               degrees=_integers(args.cohort_degrees), rescore=_integers(args.cohort_rescore),
+                               layers=_integers(args.cohort_layers))
 
 
 def _integers(listed: str | None) -> tuple[int, ...] | None:

@@ -73,6 +73,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="cohort and reference scorings: comma-separated odd neighbourhood sizes (in patches) "
                        "over which patch features are averaged before comparing, the scores of each averaged "
                        "(MuSc's 1,3,5; default 1; the cost grows with their number)")
+    group.add_argument("--cohort-layers", default=None,
+                       help="cohort and reference scorings: comma-separated backbone blocks whose patch tokens are "
+                       "compared (default: L/2, 3L/4, L, i.e. 6,9,12 of 12)")
     group.add_argument("--cohort-rescore", default=None,
                        help="2D cohorts (evaluate): re-score each image over its k most similar images by global "
                        "descriptor, for each comma-separated k, averaged (MuSc's RsCIN, e.g. 1,2,3; default: none)")

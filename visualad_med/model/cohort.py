@@ -130,8 +130,15 @@ class CohortSettings:
         return False
 
     def feature_layers(self, model: VisualAD) -> tuple[int, ...]:
-        """The blocks compared, for ``model``'s backbone."""
-        return self.layers or default_layers(model.backbone.depth)
+        """The blocks compared, for ``model``'s backbone (1-based, sorted).
+
+        Raises:
+            SettingError: for a block outside ``1..depth``.
+        """
+        depth = model.backbone.depth
+        if self.layers and any(not 1 <= layer <= depth for layer in self.layers):
+            raise SettingError("cohort_layers", f"blocks {list(self.layers)} outside 1..{depth} of the backbone")
+        return tuple(sorted(set(self.layers))) if self.layers else default_layers(depth)
 
     def describe(self, model: VisualAD) -> dict:
         """The settings as recorded in results and reports (the bank by its file and size)."""
