@@ -11,10 +11,10 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from visualad_med.apps.cli_arguments import UNTRAINED, build_parser
+from visualad_med.model.scorings import COHORT_SCORINGS, DEFAULT_IMAGE_SCORING
 
 logger = logging.getLogger("visualad_med")
 
-COHORT_SCORINGS = ("mutual", "visualad+mutual")
 SETUP_HINTS = {"output": " (or pass --output-inside-input if it is meant to be)",
                "scoring": " (pass --scoring visualad to score each scan by the head alone)",
                "cohort_match": " (--cohort-match)", "cohort_depth": " (--cohort-depth)",
@@ -132,8 +132,6 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = load_cli_model(args)
     if args.cohort and args.scoring not in COHORT_SCORINGS:
-        from visualad_med.model.cohort import DEFAULT_IMAGE_SCORING
-
         args.scoring = DEFAULT_IMAGE_SCORING
     cohort = cohort_settings(args, model, Path(args.out))
     succeeded, failed = predict_files(model, [Path(p) for p in args.images], Path(args.out),
@@ -220,8 +218,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = load_cli_model(args)
     if args.scoring is None and not (args.reference or args.reference_bank):
-        from visualad_med.model.cohort import DEFAULT_IMAGE_SCORING
-
         args.scoring = DEFAULT_IMAGE_SCORING
     results = evaluate(model, Path(args.data), args.layout, Path(args.out), split=args.split or "test",
                        classes=args.classes, batch_size=args.batch_size, overlays=args.overlays, device=args.device,

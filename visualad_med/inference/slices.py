@@ -32,12 +32,11 @@ from visualad_med.model.cohort import head_patch_scores
 from visualad_med.model.mutual import stack_features
 from visualad_med.model.devices import autocast, inference_precision
 from visualad_med.model.visualad import VisualAD
+from visualad_med.model.torch_model import TOP_FRACTION
 from visualad_med.transforms import PLANES, SlicePipeline, anatomical_axis, slice_pipeline
 
 logger = logging.getLogger(__name__)
 
-TOP_FRACTION = 0.01
-"""Fraction of the volume's voxels averaged for the ``top1pct_mean`` scan score."""
 
 SlicePreprocessing = Callable[[str], SlicePipeline]
 """The preprocessing of one scan: a plane name to the :class:`~visualad_med.transforms.SlicePipeline` of it."""

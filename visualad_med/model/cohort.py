@@ -33,15 +33,10 @@ from .mutual import robust_statistics
 from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
 from visualad_med.errors import SettingError
+from .scorings import COHORT_SCORINGS, DEFAULT_IMAGE_SCORING, DEFAULT_VOLUME_SCORING  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-COHORT_SCORINGS = ("mutual", "visualad+mutual")
-DEFAULT_IMAGE_SCORING = "visualad+mutual"
-"""What 2D images of one kind do when no scoring is asked for (evaluate's classes, ``predict --cohort``): each
-against the others, fused with the head (see the model card's suite)."""
-DEFAULT_VOLUME_SCORING = "mutual"
-"""What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
 COHORT_THRESHOLD = 4.0
 """Mask threshold of cohort maps, in robust standard deviations of the patch scores above the cohort's median,
 where no voxel null is made (volume cohorts make one: :meth:`~visualad_med.inference.cohort.CohortScoring.voxel_null`)."""

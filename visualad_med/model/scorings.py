@@ -1,0 +1,9 @@
+"""The names of the scorings and the defaults among them (no torch: the CLI reads them for ``--help``)."""
+
+COHORT_SCORINGS = ("mutual", "visualad+mutual")
+"""Scorings that compare an image with other images (a cohort or a reference bank)."""
+DEFAULT_IMAGE_SCORING = "visualad+mutual"
+"""What 2D images of one kind do when no scoring is asked for (evaluate's classes, ``predict --cohort``): each
+against the others, fused with the head (see the model card's suite)."""
+DEFAULT_VOLUME_SCORING = "mutual"
+"""What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
