@@ -45,6 +45,22 @@ def masked_slices(run: Path, name: str) -> set[int]:
     return set(np.flatnonzero(marked.any(axis=tuple(a for a in range(3) if a != axis))).tolist())
 
 
+def loosely_marked(run: Path, sd: float):
+    """Like :func:`masked_slices`, marking at median + ``sd`` robust sd of the run's maps (a sample of every
+    97th voxel of every scan) instead of at the run's own 3-sd threshold."""
+    maps = sorted((run / "maps").glob("*_anomaly.nii.gz"))
+    pooled = np.concatenate([np.asarray(nib.load(f).dataobj, dtype=np.float32).ravel()[::97] for f in maps])
+    median = np.median(pooled)
+    threshold = median + sd * 1.4826 * np.median(np.abs(pooled - median))
+
+    def marked(folder: Path, name: str) -> set[int]:
+        image = nib.load(folder / "maps" / f"{name}_anomaly.nii.gz")
+        axis = anatomical_axis(image.affine, "axial")
+        above = np.asarray(image.dataobj, dtype=np.float32) > threshold
+        return set(np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis))).tolist())
+    return marked
+
+
 def oracle_chooser(labels: Path, excluded=lesion_slices):
     """A stand-in for the stage's candidate chooser: each slice's K most similar lesion-free slices of other scans
     by global descriptor (exact search: dev cohorts are small)."""
@@ -69,7 +85,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a Decathlon-layout volume set")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--feature-store", type=Path, required=True)
-    parser.add_argument("--variants", nargs="+", default=["oracle", "unmarked"], choices=["oracle", "unmarked"],
+    parser.add_argument("--variants", nargs="+", default=["oracle", "unmarked"], choices=["oracle", "unmarked", "unmarked2sd"],
                         help="oracle: candidates without labelled voxels; unmarked: candidates in which the shipped "
                         "run's own mask marks nothing (labels not used)")
     args = parser.parse_args()
@@ -77,7 +93,8 @@ def main() -> None:
     if not (args.out / "shipped" / "results.json").is_file():
         cli_main([*common, "--out", str(args.out / "shipped")])
     chosen = {"oracle": oracle_chooser(args.data / "labelsTr"),
-              "unmarked": oracle_chooser(args.out / "shipped", masked_slices)}
+              "unmarked": oracle_chooser(args.out / "shipped", masked_slices),
+              "unmarked2sd": oracle_chooser(args.out / "shipped", loosely_marked(args.out / "shipped", 2.0))}
     for name in args.variants:
         cohort_stage._choose_candidates = chosen[name]
         cli_main([*common, "--out", str(args.out / name)])
