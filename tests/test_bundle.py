@@ -234,7 +234,7 @@ def _run_in_process(config: str, **overrides) -> None:
 
 @pytest.mark.parametrize("case", ["empty dataset_dir", "unknown backbone", "head of another backbone",
                                   "missing head", "output inside input", "unknown plane", "unknown layout",
-                                  "unknown augmentation", "unknown map reference"])
+                                  "unknown augmentation", "unknown map reference", "unknown intensity term"])
 def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     tiny = {"backbone": BACKBONE, "backbone_weights": str(work / "tiny_vit.safetensors"), "device": "cpu"}
@@ -248,6 +248,7 @@ def test_bad_input_names_the_key(work: Path, case: str, tmp_path: Path):
         "unknown plane": (INFERENCE, "planes", {**tiny, "planes": "axial,axil"}),
         "unknown layout": (TRAIN, "layout", {**tiny, "layout": "folders"}),
         "unknown map reference": (INFERENCE, "map_reference", {**tiny, "map_reference": "organ"}),
+        "unknown intensity term": (INFERENCE, "cohort_intensity", {**tiny, "cohort_intensity": "loud"}),
         "unknown augmentation": (TRAIN, "augment", {**tiny, "augment": "invert,blur",
                                                     "dataset_dir": str(make_mvtec(tmp_path / "mvtec"))}),
     }[case]

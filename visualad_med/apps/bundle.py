@@ -218,16 +218,20 @@ def build_network(
 
 def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str | None,
                     reference_bank: str | None, output_dir: str | Path, window: str | Sequence[float] = "auto",
-                    planes: str | Sequence[str] = "axial") -> CohortSettings | None:
+                    planes: str | Sequence[str] = "axial", intensity: str | None = None) -> CohortSettings | None:
     """The inference config's cohort (``scoring`` ``mutual``/``visualad+mutual``; ``None``: the default cohort of a
-    run of two or more scans; ``"none"``: the head alone) or few-shot references, or None."""
+    run of two or more scans; ``"none"``: the head alone) or few-shot references, or None; ``intensity`` is the
+    cohort's intensity term (``vouched``, ``none``; ``None``: the default)."""
     from visualad_med.inference.cohort import cohort_from_options
 
     if scoring == NO_COHORT:
         return None
     try:
         return cohort_from_options(unwrap(network), scoring, reference_dir, reference_bank, Path(output_dir),
-                                   RunSettings(planes=as_planes(planes), window=as_window(window)))
+                                   RunSettings(planes=as_planes(planes), window=as_window(window)),
+                                   intensity=intensity)
+    except SettingError as error:
+        raise config_error(error, "cohort_intensity") from None
     except ValueError as error:
         raise config_error(error, "reference_dir") from None
 
