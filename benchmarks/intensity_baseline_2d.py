@@ -17,19 +17,21 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from visualad_med.datasets import build_dataset
-from visualad_med.model.body_reference import BODY_LEVEL
+from visualad_med.model.body_reference import body_mask
 from visualad_med.model.torch_model import TOP_FRACTION
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 def intensity_map(image: np.ndarray) -> tuple[np.ndarray, float]:
     """``(3, S, S)`` normalised image -> its ``(S, S)`` robust intensity z-scores and the image score."""
     grey = (image * np.array(STD)[:, None, None] + np.array(MEAN)[:, None, None]).mean(axis=0)
-    body = grey > BODY_LEVEL * grey.max()
+    body = body_mask(torch.from_numpy(image)[None], MEAN, STD)[0].numpy()
     inside = grey[body] if body.any() else grey.ravel()
     median = np.median(inside)
     z = (grey - median) / (1.4826 * np.median(np.abs(inside - median)) or 1.0)

@@ -32,22 +32,13 @@ from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 
 from intensity_baseline import pooled, slice_scores
+from paired_bootstrap import paired_interval
 from visualad_med.inference.cohort import NULL_SD
 from visualad_med.io import load_scan
 from visualad_med.model.body_reference import volume_body_mask
-from visualad_med.model.intensity import IntensityFusion
+from visualad_med.model.intensity import IntensityFusion, intensity_z
+from visualad_med.model.mutual import robust_statistics
 from visualad_med.transforms import anatomical_axis
-
-
-def robust(values: np.ndarray) -> tuple[float, float]:
-    median = float(np.median(values))
-    return median, float(1.4826 * np.median(np.abs(values - median))) or 1.0
-
-
-def bootstrap(differences: np.ndarray, draws: int = 2000) -> tuple[float, float]:
-    rng = np.random.default_rng(0)
-    means = differences[rng.integers(0, len(differences), (draws, len(differences)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main() -> None:
@@ -60,16 +51,15 @@ def main() -> None:
         name = image.name[: -len(".nii.gz")]
         scan = load_scan(image)
         volume = scan.volume[0].as_tensor()
-        windowed = ((volume - scan.window.low) / (scan.window.high - scan.window.low)).clamp(0, 1).numpy()
-        body = volume_body_mask(volume, (scan.window.low, scan.window.high)).numpy()
+        window = (scan.window.low, scan.window.high)
+        body = volume_body_mask(volume, window)
         truth = np.asarray(nib.load(args.data / "labelsTr" / image.name).dataobj) > 0
         anomaly = np.asarray(nib.load(args.maps / "maps" / f"{name}_anomaly.nii.gz").dataobj, dtype=np.float32)
-        median, spread = robust(windowed[body])
         axis = anatomical_axis(scan.volume.affine, "axial")
-        scans.append({"body": body, "truth": truth, "map": anomaly, "intensity": (windowed - median) / spread,
-                      "axis": axis})
+        scans.append({"body": body.numpy(), "truth": truth, "map": anomaly,
+                      "intensity": intensity_z(volume, window, body).numpy(), "axis": axis})
     sample = np.concatenate([s["map"][s["body"]][::50] for s in scans])
-    m_median, m_spread = robust(sample)
+    m_median, m_spread = robust_statistics(torch.from_numpy(sample))
     for s in scans:
         s["map"] = (s["map"] - m_median) / m_spread
     pairs = np.concatenate([np.stack([s["map"][s["body"]][::50], s["intensity"][s["body"]][::50]]) for s in scans], 1)
@@ -103,7 +93,7 @@ def main() -> None:
         baseline = per_scan if baseline is None else baseline
         keep = ~np.isnan(per_scan)
         difference = per_scan[keep] - baseline[keep]
-        low, high = bootstrap(difference) if len(difference) > 1 else (np.nan, np.nan)
+        low, high = paired_interval(baseline[keep], per_scan[keep], 2000) if len(difference) > 1 else (np.nan, np.nan)
         numbers = pooled(*tally)
         print(f"| {kind} | {100 * numbers['voxel_ap']:.1f} | {100 * numbers['slice_auroc']:.1f} | "
               f"{100 * numbers['best_dice']:.1f} | {100 * np.nanmean(per_scan):.1f} | "

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from paired_bootstrap import per_scan
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +166,10 @@ def resampled_differences(base: Path, variant: Path, resamples: int = 2000, seed
                     draws.append(roc_auc_score(labels[pick], b[pick]) - roc_auc_score(labels[pick], a[pick]))
             differences.append(draws)
         return np.mean(differences, axis=0) if differences else None
-    first, second = ({r["scan"]: r["voxel_ap"] for r in _rows(folder / "scans.csv")} for folder in (base, variant))
-    paired = np.array([(float(first[k]), float(second[k])) for k in sorted(first)
-                       if k in second and first[k] not in ("", "nan") and second[k] not in ("", "nan")])
+    first, second = per_scan(base), per_scan(variant)
+    paired = np.array([(first[k]["voxel_ap"], second[k]["voxel_ap"]) for k in sorted(first)
+                       if "voxel_ap" in first[k] and "voxel_ap" in second.get(k, {})
+                       and not (math.isnan(first[k]["voxel_ap"]) or math.isnan(second[k]["voxel_ap"]))])
     if len(paired) < 2:
         return None
     picks = rng.integers(0, len(paired), (resamples, len(paired)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from visualad_med.model.presets import PRESETS
+from visualad_med.model.scorings import DEPTHS, INTENSITY_TERMS, MATCHES
 
 UNTRAINED = "untrained"
 """``--head`` value for a fresh, untrained head."""
@@ -58,14 +59,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mutual, volumes: K, the slices of other scans each slice is compared with: its K most "
                        "similar by global descriptor, found with FAISS (default 32); the cost per slice is that "
                        "of K comparisons whatever the number of scans")
-    group.add_argument("--cohort-match", default=None, choices=["anatomy", "position"],
+    group.add_argument("--cohort-match", default=None, choices=MATCHES,
                        help="mutual, volumes: how candidate slices are chosen: anatomy (default: the K most similar "
                        "slices of other scans) or position (the slices of every other scan near the same "
                        "normalised position, see --cohort-window; cost grows with the number of scans)")
     group.add_argument("--cohort-prior", type=float, default=None,
                        help="mutual, volumes, anatomy: keep only candidates within this difference of normalised "
                        "slice position (0..1; default: any position)")
-    group.add_argument("--cohort-depth", default=None, choices=["patch", "none"],
+    group.add_argument("--cohort-depth", default=None, choices=DEPTHS,
                        help="mutual, volumes: smooth each slice's patch scores with its neighbours' (patch, the "
                        "default: Gaussian across slices with sigma half the in-plane footprint of a patch, in mm, so "
                        "the map's resolution is about the same in every direction; none: each slice alone)")
@@ -79,7 +80,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cohort-rescore", default=None,
                        help="2D cohorts (evaluate): re-score each image over its k most similar images by global "
                        "descriptor, for each comma-separated k, averaged (MuSc's RsCIN, e.g. 1,2,3; default: none)")
-    group.add_argument("--cohort-intensity", default=None, choices=["vouched", "none"],
+    group.add_argument("--cohort-intensity", default=None, choices=INTENSITY_TERMS,
                        help="mutual, volumes: the intensity term (vouched, the default: the robust z-score of each "
                        "voxel's windowed intensity over its scan's body, averaged with the map with a weight set by "
                        "the run itself: how far the maps rank the brightest voxels above the body, against how far "

@@ -156,18 +156,26 @@ def _score_cohort(
         if rows.numel():
             compared = image_cohort_scores(stacked[rows], cohort, model, dataset.resize)
             fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], compared)
-    scores = torch.cat([top_fraction_mean(patch_maps(model, rows, batch["image"]))
-                        for rows, batch in zip(fused.split([len(b["path"]) for b in batches]), batches)])
-    if cohort.rescore:
-        descriptors = global_descriptors(stacked)
-        for class_name in dataset.classes:
-            rows = torch.from_numpy(np.flatnonzero(classes == class_name))
-            if rows.numel():
-                scores[rows] = rescore_neighbourhood(scores[rows], descriptors[rows], cohort.rescore)
+    rescored = _rescored(model, fused, stacked, classes, batches, dataset.classes, cohort) if cohort.rescore else None
     start = 0
     for batch in batches:
         count = len(batch["path"])
         maps = patch_maps(model, fused[start:start + count], batch["image"])
-        _feed(tallies, batch, maps.numpy(), scores[start:start + count].numpy(), overlay_paths, dataset)
+        scores = top_fraction_mean(maps) if rescored is None else rescored[start:start + count]
+        _feed(tallies, batch, maps.numpy(), scores.numpy(), overlay_paths, dataset)
         start += count
     return tallies
+
+
+def _rescored(model: VisualAD, fused: torch.Tensor, features: torch.Tensor, classes: np.ndarray, batches: list,
+              class_names: list[str], cohort: CohortSettings) -> torch.Tensor:
+    """``(M,)`` image scores of the whole set re-scored per class over look-alike images
+    (:func:`~visualad_med.model.mutual.rescore_neighbourhood`); needs every image's score first."""
+    scores = torch.cat([top_fraction_mean(patch_maps(model, rows, batch["image"]))
+                        for rows, batch in zip(fused.split([len(b["path"]) for b in batches]), batches)])
+    descriptors = global_descriptors(features)
+    for class_name in class_names:
+        rows = torch.from_numpy(np.flatnonzero(classes == class_name))
+        if rows.numel():
+            scores[rows] = rescore_neighbourhood(scores[rows], descriptors[rows], cohort.rescore)
+    return scores

@@ -78,8 +78,8 @@ def feature_settings(model: VisualAD, settings: RunSettings, inferer: SliceInfer
                      layers: tuple[int, ...]) -> dict:
     """The settings that change a scan's stored features (its store key, with the scan's input)."""
     config = model.config
-    return {"extraction": EXTRACTION_VERSION, "head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,
-            "image_size": config.image_size, "taps": list(config.taps), "layers": list(layers),
+    return {"extraction": EXTRACTION_VERSION, "head_sha256": head_sha256, "backbone": config.backbone,
+            "backbone_sha256": config.weights_sha256, "image_size": config.image_size, "taps": list(config.taps), "layers": list(layers),
             "plane": inferer.planes[0], "window": settings.window, "skip_empty": inferer.skip_empty,
             "precision": inferer.precision}
 
@@ -193,10 +193,7 @@ class CohortScoring:
         shared = self.store.load_null(key)
         if shared is None:
             return self.voxel_null(sources, settings, inferer)
-        fusion = shared["fusion"]
-        return IntensityFusion(fusion["intensity_weight"], fusion["map_median"], fusion["map_scale"],
-                               (fusion["vouch_intensity"], fusion["vouch_map"])), float(shared["threshold"])
-
+        return IntensityFusion.from_description(shared["fusion"]), float(shared["threshold"])
 
     def cohort_scale(self) -> CohortScale:
         """The rounded robust statistics of every scan's head and cohort patch scores."""
@@ -322,7 +319,8 @@ class CohortScoring:
         if not maps_sample:
             return IntensityFusion(), COHORT_THRESHOLD
         maps_values, intensities = torch.cat(maps_sample), torch.cat(intensity_sample)
-        fusion = IntensityFusion.of(maps_values, intensities, NULL_SD) if self.settings.intensity == "vouched" else IntensityFusion()
+        vouched = self.settings.intensity == "vouched"
+        fusion = IntensityFusion.of(maps_values, intensities, NULL_SD) if vouched else IntensityFusion()
         return fusion, null_threshold(fusion.apply(maps_values, intensities))
 
     def compared(self, name: str) -> torch.Tensor:

@@ -34,20 +34,13 @@ from .body_reference import body_mask, reference_to_body
 from .reference_bank import ReferenceBank
 from visualad_med.errors import SettingError
 from .scorings import COHORT_SCORINGS, DEFAULT_IMAGE_SCORING, DEFAULT_VOLUME_SCORING  # noqa: F401 (re-exported)
+from .scorings import DEPTHS, INTENSITY_TERMS, MATCHES
 
 logger = logging.getLogger(__name__)
 
 COHORT_THRESHOLD = 4.0
 """Mask threshold of cohort maps, in robust standard deviations of the patch scores above the cohort's median,
 where no voxel null is made (volume cohorts make one: :meth:`~visualad_med.inference.cohort.CohortScoring.voxel_null`)."""
-DEPTHS = ("patch", "none")
-"""Smoothing of a volume's patch scores across slices: Gaussian with sigma half the in-plane patch footprint
-(mm), or none."""
-INTENSITY_TERMS = ("vouched", "none")
-"""Volume cohorts: the intensity term fused with the maps as the run's data vouch for it
-(:mod:`~visualad_med.model.intensity`), or not at all."""
-MATCHES = ("anatomy", "position")
-"""How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,12 @@ class IntensityFusion:
         z_map = (anomaly.float() - self.map_median) / self.map_scale
         return z_map.mul_(1.0 - self.weight).add_(intensity, alpha=self.weight)
 
+    @classmethod
+    def from_description(cls, described: dict) -> IntensityFusion:
+        """The fusion :meth:`describe` recorded."""
+        return cls(described["intensity_weight"], described["map_median"], described["map_scale"],
+                   (described["vouch_intensity"], described["vouch_map"]))
+
     def describe(self) -> dict:
         """As a report records it."""
         return {"intensity_weight": self.weight, "map_median": self.map_median, "map_scale": self.map_scale,

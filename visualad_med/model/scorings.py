@@ -7,3 +7,11 @@ DEFAULT_IMAGE_SCORING = "visualad+mutual"
 against the others, fused with the head (see the model card's suite)."""
 DEFAULT_VOLUME_SCORING = "mutual"
 """What a volume run of at least two scans does when no scoring is asked for (see the model card's suite)."""
+DEPTHS = ("patch", "none")
+"""Smoothing of a volume's patch scores across slices: Gaussian with sigma half the in-plane patch footprint
+(mm), or none."""
+INTENSITY_TERMS = ("vouched", "none")
+"""Volume cohorts: the intensity term fused with the maps as the run's data vouch for it
+(:mod:`~visualad_med.model.intensity`), or not at all."""
+MATCHES = ("anatomy", "position")
+"""How a volume slice's candidates are chosen: by global descriptor, or by normalised slice position."""
