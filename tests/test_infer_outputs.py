@@ -95,7 +95,8 @@ def test_map_dtypes_round_trip_and_slices_not_run_hold_the_minimum(tmp_path, cen
     np.testing.assert_array_equal(masks["int16"], masks["float32"])  # both from the float32 map in memory
     reports = {dtype: json.loads((tmp_path / dtype / "air_report.json").read_text()) for dtype in files}
     changed = {key for key in reports["int16"] if reports["int16"][key] != reports["float32"][key]}
-    assert changed == {"seconds", "map_dtype", "identity"}  # identity: the storage type is a setting resume compares
+    # timings may or may not differ; identity: the storage type is a setting resume compares
+    assert changed - {"seconds"} == {"map_dtype", "identity"}
     assert {key for key, value in reports["int16"]["identity"]["settings"].items()
             if value != reports["float32"]["identity"]["settings"][key]} == {"map_dtype"}
     per_slice = reports["float32"]["scores"]["per_slice"]
