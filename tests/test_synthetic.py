@@ -11,7 +11,17 @@ import torch
 from PIL import Image
 
 from visualad_med.datasets import MVTecDataset, read_rgb
-from visualad_med.training.anomaly_kinds import SYNTHETIC_KINDS, VISIBLE_LEVELS, make_anomaly, perlin_noise
+from scipy import ndimage
+
+from visualad_med.training.anomaly_kinds import (
+    INDUSTRIAL_KINDS,
+    LESION_KINDS,
+    SYNTHETIC_KINDS,
+    VISIBLE_LEVELS,
+    lesion_anomaly,
+    make_anomaly,
+    perlin_noise,
+)
 from visualad_med.training.synthetic import (
     SKIMAGE_PHOTOS,
     MixedAnomalyDataset,
@@ -68,8 +78,8 @@ def test_flat_images_fall_back_to_a_visible_anomaly(kind: str) -> None:
 
 def test_make_anomaly_rejects_bad_input() -> None:
     image = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(ValueError, match="valid: perlin, cutpaste, scar, patchswap"):
-        make_anomaly("blur", image, image, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="valid: perlin, cutpaste, scar, patchswap, blob"):
+        make_anomaly("smudge", image, image, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"\(8, 8\)"):
         make_anomaly("scar", image[..., 0], image, np.random.default_rng(0))
 
@@ -141,8 +151,10 @@ def test_parse_synthetic_spec(tmp_path: Path) -> None:
     spec = parse_synthetic_spec(" perlin, cutpaste,perlin ", 0.3)
     assert spec.kinds == ("perlin", "cutpaste") and spec.probability == 0.3 and spec.sources == ()
     assert parse_synthetic_spec("all").kinds == SYNTHETIC_KINDS
-    with pytest.raises(ValueError, match="valid: perlin, cutpaste, scar, patchswap, all"):
-        parse_synthetic_spec("perlin,blur")
+    assert parse_synthetic_spec("industrial").kinds == INDUSTRIAL_KINDS
+    assert parse_synthetic_spec("lesion,perlin,blob").kinds == LESION_KINDS + ("perlin",)
+    with pytest.raises(ValueError, match="valid: perlin, cutpaste, scar, patchswap, blob, .*, industrial, lesion, all"):
+        parse_synthetic_spec("perlin,smudge")
     with pytest.raises(ValueError, match="valid"):
         parse_synthetic_spec(" , ")
     with pytest.raises(ValueError, match="-0.1"):
@@ -193,3 +205,49 @@ def test_bases_half_of_the_anomalies_are_drawn_on_crops_of_extra_images(tmp_path
     with pytest.raises(ValueError, match="synthetic base"):
         parse_synthetic_spec("perlin", 0.5, bases=[str(tmp_path / "nowhere")])
     assert parse_synthetic_spec("perlin", 0.5, bases=["skimage"]).bases == ("skimage",)
+
+
+def _photo(size: int = 96) -> np.ndarray:
+    """A natural, textured photo (scikit-image's camera man) at ``size x size``, RGB."""
+    return np.asarray(Image.fromarray(load_skimage_photos()[2]).resize((size, size)))
+
+
+@pytest.mark.parametrize("kind", LESION_KINDS)
+def test_lesion_kinds_are_deterministic_under_a_seed_and_vary_with_it(kind: str) -> None:
+    image, texture = _photo(), load_skimage_photos()[6]
+    first = lesion_anomaly(kind, image, texture, np.random.default_rng(5))
+    again = lesion_anomaly(kind, image, texture, np.random.default_rng(5))
+    other = lesion_anomaly(kind, image, texture, np.random.default_rng(6))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[1], other[1])
+
+
+@pytest.mark.parametrize("kind", LESION_KINDS)
+def test_lesion_kinds_change_one_compact_soft_edged_blob(kind: str) -> None:
+    image, texture = _photo(), load_skimage_photos()[6]
+    for seed in range(6):
+        out, mask = lesion_anomaly(kind, image, texture, np.random.default_rng(seed))
+        _check_exact(image, out, mask, 0.0)
+        assert 0.002 < mask.mean() < 0.2
+        change = np.abs(out.astype(float) - image).max(axis=2)
+        edge = mask & ~ndimage.binary_erosion(mask)
+        core = ndimage.binary_erosion(mask, iterations=3)
+        if core.any() and kind == "blob":
+            assert change[edge].mean() < change[core].mean()  # soft edge: the change fades out
+
+
+def test_blob_is_brighter_or_darker_and_blur_and_contrast_change_local_variation() -> None:
+    image = _photo()
+    signs = set()
+    for seed in range(8):
+        out, mask = lesion_anomaly("blob", image, image, np.random.default_rng(seed))
+        signs.add(np.sign(out[mask].astype(float).mean() - image[mask].astype(float).mean()))
+        blurred, region = lesion_anomaly("blur", image, image, np.random.default_rng(seed))
+        core = ndimage.binary_erosion(region, iterations=2)
+        if core.sum() > 20:
+            laplace = lambda a: np.abs(ndimage.laplace(a[..., 0].astype(float)))[core].mean()  # noqa: E731
+            assert laplace(blurred) < laplace(image)
+        scaled, region = lesion_anomaly("contrast", image, image, np.random.default_rng(seed))
+        assert not np.isclose(scaled[region].astype(float).std(), image[region].astype(float).std(), rtol=0.02)
+    assert signs == {-1.0, 1.0}

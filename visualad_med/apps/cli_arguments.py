@@ -252,7 +252,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--calibration-images", type=int, default=None,
                        help="images used to calibrate the threshold (default: all)")
     train.add_argument("--synthetic", default=None,
-                       help="synthetic anomaly kinds mixed into training: perlin,cutpaste,scar,patchswap or all")
+                       help="synthetic anomaly kinds mixed into training, comma-separated: perlin, cutpaste, scar, patchswap (group industrial), blob, texture, blur, contrast (group lesion), or all")
     train.add_argument("--synthetic-probability", type=float, default=0.5,
                        help="chance that a training item is replaced by a synthetic anomaly")
     train.add_argument("--synthetic-source", action="append",

@@ -1,6 +1,6 @@
-"""The four synthetic anomaly kinds, each drawn on one normal ``uint8`` RGB image with its exact mask.
+"""The synthetic anomaly kinds, each drawn on one normal ``uint8`` RGB image with its exact mask.
 
-Each kind is drawn at the image's own resolution:
+Each kind is drawn at the image's own resolution. Four are the industrial kinds:
 
 * ``perlin`` (DRAEM, Zavrtanik et al., ICCV 2021): the region where Perlin noise
   exceeds a threshold is filled with a foreign texture blended with a random
@@ -10,6 +10,15 @@ Each kind is drawn at the image's own resolution:
 * ``scar`` (CutPaste-scar): a thin rotated rectangle filled with a random colour
   or with the same image shifted;
 * ``patchswap``: a rectangle taken from another normal image.
+
+Four are lesion-like: one compact blob (a Gaussian envelope roughened by low-frequency Perlin
+noise, 0.5-8 % of the image) whose soft edge blends the change in over a ramp of the blob's
+own profile, the way a tumour or a bleed fades into tissue:
+
+* ``blob``: brighter or darker than its surroundings (by 20-90 grey levels);
+* ``texture``: a foreign texture (a natural photo) seen through the blob;
+* ``blur``: the surroundings smoothed (Gaussian, sigma 1.5-5 % of the image side);
+* ``contrast``: local contrast scaled about the local mean by a factor in ``[0.2, 0.6]`` or ``[1.6, 3]``.
 
 The mask is exactly the set of changed pixels: every pixel outside it is
 byte-identical to the source and every pixel inside differs. Where a fill
@@ -27,10 +36,17 @@ import logging
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_KINDS: tuple[str, ...] = ("perlin", "cutpaste", "scar", "patchswap")
+INDUSTRIAL_KINDS: tuple[str, ...] = ("perlin", "cutpaste", "scar", "patchswap")
+LESION_KINDS: tuple[str, ...] = ("blob", "texture", "blur", "contrast")
+SYNTHETIC_KINDS: tuple[str, ...] = INDUSTRIAL_KINDS + LESION_KINDS
+KIND_GROUPS: dict[str, tuple[str, ...]] = {"industrial": INDUSTRIAL_KINDS, "lesion": LESION_KINDS, "all": SYNTHETIC_KINDS}
+"""Names that stand for several kinds in ``--synthetic``."""
+TEXTURE_KINDS: tuple[str, ...] = ("perlin", "texture")
+"""Kinds that see a texture through their region (a ``--synthetic-source`` image when given)."""
 
 VISIBLE_LEVELS = 4
 """Smallest change (grey levels, any channel) counted as visible when checking ``min_area``."""
@@ -190,6 +206,74 @@ def scar_anomaly(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return _composite(image, region, fill)
 
 
+def lesion_alpha(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Soft mask of one compact, irregular blob covering 0.5-8 % of the image.
+
+    The blob's profile is an elliptic Gaussian envelope times ``1 + 0.4 * perlin`` (one to two noise
+    cells across); the blob is where the profile exceeds 1/2, and the opacity ramps from 0 at its
+    edge to 1 over a random 0.1-0.4 of the profile.
+
+    Returns:
+        ``float64`` array ``(H, W)`` in ``[0, 1]``, above 0 exactly on the blob.
+    """
+    height, width = shape
+    area = rng.uniform(0.005, 0.08) * height * width
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    sigma = np.sqrt(area / (np.pi * 2.0 * np.log(2.0)))
+    sigma_y, sigma_x = sigma * np.sqrt(aspect), sigma / np.sqrt(aspect)
+    cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
+    yy, xx = np.mgrid[0:height, 0:width]
+    envelope = np.exp(-0.5 * (((yy + 0.5 - cy) / sigma_y) ** 2 + ((xx + 0.5 - cx) / sigma_x) ** 2))
+    cells = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    profile = envelope * (1.0 + 0.4 * perlin_noise(shape, cells, rng))
+    ramp = rng.uniform(0.1, 0.4)
+    return np.clip((profile - 0.5) / ramp, 0.0, 1.0)
+
+
+def _blend_lesion(image: np.ndarray, alpha: np.ndarray, changed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with ``changed`` (float, same shape) seen through ``alpha``; the mask is ``alpha > 0``."""
+    weight = alpha[:, :, None]
+    fill = np.clip(np.rint((1.0 - weight) * image + weight * changed), 0, 255).astype(np.uint8)
+    return _composite(image, alpha > 0, fill)
+
+
+def _smoothed(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of each channel of ``(H, W, 3)``, float64."""
+    return ndimage.gaussian_filter(image.astype(np.float64), sigma=(sigma, sigma, 0.0))
+
+
+def lesion_anomaly(
+    kind: str, image: np.ndarray, texture: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A lesion-like anomaly (``blob``, ``texture``, ``blur`` or ``contrast``) on one soft blob.
+
+    Args:
+        kind: one of :data:`LESION_KINDS`.
+        image: ``uint8`` RGB source ``(H, W, 3)``.
+        texture: ``uint8`` RGB texture of any size (resized to ``(H, W)``; ``texture`` only).
+        rng: random generator.
+
+    Returns:
+        ``(anomalous image (H, W, 3) uint8, mask (H, W) bool)``, mask == changed pixels.
+    """
+    shape = image.shape[:2]
+    alpha = lesion_alpha(shape, rng)
+    side = np.sqrt(shape[0] * shape[1])
+    source = image.astype(np.float64)
+    if kind == "blob":
+        changed = source + rng.choice((-1.0, 1.0)) * rng.uniform(20.0, 90.0)
+    elif kind == "texture":
+        opacity = rng.uniform(0.5, 1.0)
+        changed = (1.0 - opacity) * source + opacity * _fit(texture, shape)
+    elif kind == "blur":
+        changed = _smoothed(image, rng.uniform(0.015, 0.05) * side)
+    else:
+        factor = rng.uniform(0.2, 0.6) if rng.random() < 0.5 else rng.uniform(1.6, 3.0)
+        local_mean = _smoothed(image, rng.uniform(0.03, 0.06) * side)
+        changed = local_mean + factor * (source - local_mean)
+    return _blend_lesion(image, alpha, changed)
+
+
 def _inverted_rectangle(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Fallback: invert a random rectangle; every pixel in it changes."""
     region = _rectangle_region(image.shape[:2], rng, (0.02, 0.15))
@@ -209,7 +293,7 @@ def make_anomaly(
     Args:
         kind: one of :data:`SYNTHETIC_KINDS`.
         image: ``uint8`` RGB source ``(H, W, 3)``.
-        foreign: ``uint8`` RGB texture (``perlin``) or donor (``patchswap``); unused otherwise.
+        foreign: ``uint8`` RGB texture (``perlin``, ``texture``) or donor (``patchswap``); unused otherwise.
         rng: random generator.
         min_area: minimum fraction of visibly changed pixels (see :data:`VISIBLE_LEVELS`).
         attempts: draws before falling back to an inverted rectangle.
@@ -233,6 +317,8 @@ def make_anomaly(
             out, mask = patchswap_anomaly(image, foreign, rng)
         elif kind == "cutpaste":
             out, mask = cutpaste_anomaly(image, rng)
+        elif kind in LESION_KINDS:
+            out, mask = lesion_anomaly(kind, image, foreign, rng)
         else:
             out, mask = scar_anomaly(image, rng)
         visible = np.abs(out.astype(np.int16) - image).max(axis=2) >= VISIBLE_LEVELS

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from visualad_med.errors import SettingError
 from visualad_med.io.images import check_normalisation, image_to_tensor, list_images, mask_to_tensor, read_rgb
 from visualad_med.datasets.samples import READ_ERRORS, AnomalyDataset, SampleRecord, SkipCounter, skip_unreadable
-from .anomaly_kinds import SYNTHETIC_KINDS, make_anomaly
+from .anomaly_kinds import KIND_GROUPS, SYNTHETIC_KINDS, TEXTURE_KINDS, make_anomaly
 
 SKIMAGE_SOURCE = "skimage"
 SKIMAGE_PHOTOS: tuple[str, ...] = (
@@ -60,7 +60,7 @@ def parse_synthetic_spec(
     """Parse a CLI spec such as ``--synthetic perlin,cutpaste --synthetic-source skimage``.
 
     Args:
-        kinds: comma-separated kinds, or ``"all"``.
+        kinds: comma-separated kinds and groups (:data:`KIND_GROUPS`: ``industrial``, ``lesion``, ``all``).
         probability: replacement probability in ``[0, 1]``.
         sources: folders of extra (non-medical) texture images and/or ``"skimage"``.
         bases: folders of extra (non-medical) normal images and/or ``"skimage"``.
@@ -70,12 +70,11 @@ def parse_synthetic_spec(
             outside ``[0, 1]``, or a source or base that is neither ``skimage`` nor
             a folder with images.
     """
-    names = [k.strip() for k in kinds.split(",") if k.strip()]
-    names = list(SYNTHETIC_KINDS) if names == ["all"] else names
+    names = [name for k in kinds.split(",") if k.strip() for name in KIND_GROUPS.get(k.strip(), (k.strip(),))]
     unknown = [k for k in names if k not in SYNTHETIC_KINDS]
     if unknown or not names:
         raise SettingError("synthetic",
-                           f"unknown synthetic kinds {unknown or kinds!r}; valid: {', '.join(SYNTHETIC_KINDS)}, all")
+                           f"unknown synthetic kinds {unknown or kinds!r}; valid: {', '.join(SYNTHETIC_KINDS + tuple(KIND_GROUPS))}")
     if not 0.0 <= probability <= 1.0:
         raise SettingError("synthetic", f"synthetic probability must be in [0, 1], got {probability}")
     for option, folders in (("source", sources), ("base", bases)):
@@ -213,7 +212,7 @@ class SyntheticAnomalyDataset(Dataset):
             record = SampleRecord(name, 0, "synthetic")
         kind = str(rng.choice(self.kinds))
         others = [r for r in self.normals if r.path != record.path] or self.normals
-        pool = self.textures if kind == "perlin" and self.textures else others
+        pool = self.textures if kind in TEXTURE_KINDS and self.textures else others
         foreign = pool[int(rng.integers(len(pool)))]
         image = random_crop(self._read(base), rng) if on_base else self._read(record)
         texture = self._read(foreign)
