@@ -113,7 +113,8 @@ def _where_results_are(written, out_dir: Path) -> str:
         parts.append(f"index {written.index}")
     best = written.best
     if best is not None:
-        shown = out_dir / (best["preview"] or f"{best['scan']}_report.json")
+        files = best["outputs"]
+        shown = out_dir / files.get("preview", files["report"])
         parts.append(f"best-scoring scan {best['scan']} (score {best['score_top1pct']:.4g}): {shown}")
     return "; ".join(parts)
 

@@ -40,7 +40,8 @@ from visualad_med.model.visualad import VisualAD
 from .cohort import CohortScoring
 from .distributed import rank_world
 from .feature_store import STORE_FOLDER, FeatureStore
-from .scan import LoadedScan, ScanResult, infer_scan, load_for_run, output_paths, write_scan_outputs
+from .outputs import INDEX_LINKS, output_paths, write_scan_outputs
+from .scan import LoadedScan, ScanResult, infer_scan, load_for_run
 from .resume import input_identity, settings_identity, why_not_done
 from .settings import RunSettings
 from .slices import SliceInferer
@@ -90,7 +91,7 @@ class ScansWritten:
         failed: scans that failed.
         summary: the ``summary.csv`` written.
         index: the ``index.html`` written, ``None`` without previews.
-        best: the ``summary.csv`` row of the best-scoring finished scan, ``None`` when none finished.
+        best: the summary row (with its ``outputs``) of the best-scoring finished scan, ``None`` when none finished.
     """
 
     succeeded: int
@@ -201,9 +202,9 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
             return scoring.infer(loaded, settings, inferer, time.perf_counter())
         return infer_scan(model, loaded, settings, inferer)
 
-    def write(result: ScanResult) -> dict:
+    def write(result: ScanResult, paths: dict[str, Path]) -> dict:
         extra = {**(cohort_report(scoring, settings) or {}), "identity": identities.pop(result.scan.source.name)}
-        report = write_scan_outputs(model, result, out_dir, settings, head_sha256, extra)
+        report = write_scan_outputs(model, result, paths, settings, head_sha256, extra)
         if after_scan is not None:
             after_scan(result, report)
         return report
@@ -222,7 +223,10 @@ def cohort_report(cohort: CohortScoring | None, settings: RunSettings) -> dict |
 
 
 def _summary_row(source: ScanSource, report: dict) -> dict:
-    """The ``summary.csv`` row of a finished scan; ``error`` names the outputs not written and why."""
+    """The ``summary.csv`` row of a finished scan (``outputs``: its files by key, for the index, not a column).
+
+    ``error`` names the outputs not written and why.
+    """
     not_written = report.get("not_written") or {}
     return {
         "scan": source.name, "status": "ok", "score_max_slice": report["scores"]["max_slice_score"],
@@ -231,6 +235,7 @@ def _summary_row(source: ScanSource, report: dict) -> dict:
         "seconds": report["seconds"]["total"], "preview": report["outputs"].get("preview", ""),
         "source": str(source.path),
         "error": "; ".join(f"{key} not written: {why}" for key, why in not_written.items()),
+        "outputs": report["outputs"],
     }
 
 
@@ -275,13 +280,13 @@ class ScanSteps(NamedTuple):
     Attributes:
         load: source -> loaded scan; runs in a reader thread, one scan ahead of the model.
         infer: loaded scan -> result; runs in the calling thread (the model).
-        write: result -> report; writes the scan's outputs (report last) in a writer thread while the
-            model runs on the next scan.
+        write: (result, output paths by key) -> report; writes the scan's outputs (report last) in a writer
+            thread while the model runs on the next scan.
     """
 
     load: Callable[[ScanSource], Any]
     infer: Callable[[Any], Any]
-    write: Callable[[Any], dict]
+    write: Callable[[Any, dict[str, Path]], dict]
 
 
 def run_scans(
@@ -316,11 +321,11 @@ def run_scans(
     rows += _run_overlapped(todo, outputs, steps, progress)
     rows.sort(key=lambda row: (row["status"] != "ok", -(row.get("score_top1pct") or 0.0)))
     suffix = "" if world == 1 else f"_rank{rank}"
-    summary = write_summary_csv(rows, out_dir / f"summary{suffix}.csv", fieldnames=SUMMARY_FIELDS)
-    names = {name: {key: path.name for key, path in paths.items() if path.is_file()}  # a SEG left out: no link
-             for name, paths in outputs.items()}
-    index = (write_run_index(rows, names, f"visualad-med infer: {where}", out_dir / f"index{suffix}.html",
-                             summary.name) if preview else None)
+    columns = [{key: value for key, value in row.items() if key in SUMMARY_FIELDS} for row in rows]
+    summary = write_summary_csv(columns, out_dir / f"summary{suffix}.csv", fieldnames=SUMMARY_FIELDS)
+    files = {row["scan"]: row["outputs"] for row in rows if row["status"] == "ok"}
+    index = (write_run_index(columns, files, INDEX_LINKS, f"visualad-med infer: {where}",
+                             out_dir / f"index{suffix}.html", summary.name) if preview else None)
     failed = sum(row["status"] != "ok" for row in rows)
     logger.info("%d scans succeeded, %d failed; summary in %s", len(rows) - failed, failed, summary)
     return ScansWritten(len(rows) - failed, failed, summary, index, rows[0] if failed < len(rows) else None)
@@ -373,7 +378,7 @@ def _run_overlapped(todo: list[ScanSource], outputs: dict[str, dict[str, Path]],
                 continue
             if written is not None:
                 rows.append(finish(*written))
-            written = (source, writer.submit(steps.write, result))
+            written = (source, writer.submit(steps.write, result, outputs[source.name]))
         if written is not None:
             rows.append(finish(*written))
     return rows

@@ -9,62 +9,28 @@ bundle's inference workflow and of volume evaluation:
    :class:`~visualad_med.inference.slices.SliceInferer`: slices in batches through the model, maps
    back on the voxel grid; the mask at the run's threshold); a folder run overlaps the two across
    scans (:mod:`visualad_med.inference.folder`);
-2. :func:`write_scan_outputs`: per scan ``<name>_anomaly.nii.gz`` (the map, int16 with a NIfTI
-   scale by default, see :func:`stored_map`), ``<name>_mask.nii.gz`` (uint8 labelmap),
-   ``<name>_mask.seg.nrrd`` (3D Slicer segmentation, segment "anomaly"), for DICOM input
-   ``<name>_seg.dcm`` (DICOM SEG referencing the source series; left out, with the reason in the
-   report, when the source slices lack what a SEG copies from them, e.g. StudyInstanceUID), with
-   previews on ``<name>_preview.png`` (:mod:`~visualad_med.inference.preview`), and
-   ``<name>_report.json``, written last: its presence marks a finished scan
-   (:mod:`visualad_med.inference.resume`).
+2. :func:`~visualad_med.inference.outputs.write_scan_outputs` writes what
+   :data:`~visualad_med.inference.outputs.SCAN_OUTPUTS` declares, the report (:func:`scan_report`) last.
 
-Slices the model did not run (no body in any plane) hold 0 in the map in memory. The mask and the
-scores are computed from that float32 map, as they always were, except that the mask never marks
-a voxel of a slice that was not run (with a threshold below 0 it used to). The map file holds the
-map's minimum over the run voxels there instead of 0 (:func:`stored_map`): 0 lies above a
-body-referenced map's background (about -9 on CQ500) and looked like tissue in a viewer.
+Slices the model did not run (no body in any plane) hold 0 in the map in memory; the mask never
+marks a voxel of such a slice.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from visualad_med import __version__
-from visualad_med.io import (Scan, ScanSource, dicom_seg_problem, load_scan, write_dicom_seg, write_json, write_nifti,
-                             write_seg_nrrd)
+from visualad_med.io import Scan, ScanSource, load_scan
 from visualad_med.model.visualad import VisualAD
 
 from .resume import REPORT_SCHEMA
-from .preview import write_preview
 from .settings import RunSettings
 from .slices import ScanMaps, SliceInferer, SliceScores, scan_scores, slice_preprocessing
-
-logger = logging.getLogger(__name__)
-
-ALGORITHM_NAME = "VisualAD zero-shot anomaly detection"
-"""The algorithm a DICOM SEG names."""
-
-
-def output_paths(out_dir: Path, name: str, dicom: bool, preview: bool = False) -> dict[str, Path]:
-    """Output files of scan ``name`` (``preview``: with its quick-look PNG); the report comes last."""
-    paths = {
-        "anomaly": out_dir / f"{name}_anomaly.nii.gz",
-        "mask": out_dir / f"{name}_mask.nii.gz",
-        "segmentation": out_dir / f"{name}_mask.seg.nrrd",
-    }
-    if dicom:
-        paths["dicom_seg"] = out_dir / f"{name}_seg.dcm"
-    if preview:
-        paths["preview"] = out_dir / f"{name}_preview.png"
-    paths["report"] = out_dir / f"{name}_report.json"
-    return paths
-
 
 @dataclass
 class ScanResult:
@@ -141,75 +107,6 @@ def run_scan(model: VisualAD, source: ScanSource, settings: RunSettings,
              inferer: SliceInferer | None = None) -> ScanResult:
     """Load one scan and run the model over its slices (:func:`load_for_run`, :func:`infer_scan`)."""
     return infer_scan(model, load_for_run(source, settings), settings, inferer)
-
-
-def stored_map(result: ScanResult) -> np.ndarray:
-    """The ``(X, Y, Z)`` float32 map as its file holds it: voxels of slices not run set to the map's minimum.
-
-    The minimum over the run voxels (0 when none ran) rather than NaN: it survives int16 storage
-    (NaN has no int16 code), viewers' automatic window and histogram (3D Slicer's, ITK's
-    statistics) and metrics (scikit-learn refuses NaN), and it shows as the bottom of the colour
-    map, "nothing here", like the background of a run slice. The report's ``per_slice`` scores
-    (``null`` for a slice not run) tell the two apart.
-    """
-    anomaly = result.anomaly.numpy()
-    if bool(result.ran.all()) or not bool(result.ran.any()):
-        return anomaly
-    ran = result.ran.numpy()
-    return np.where(ran, anomaly, np.min(anomaly, where=ran, initial=np.inf))  # no copy of the run voxels
-
-
-def _write_series_seg(scan: Scan, mask: np.ndarray, path: Path) -> None:
-    """The ``(X, Y, Z)`` mask as a DICOM SEG on the series' grid, referencing the series."""
-    write_dicom_seg(mask, scan.series.affine, scan.series.datasets, path, ALGORITHM_NAME, __version__)
-
-
-def write_scan_outputs(model: VisualAD, result: ScanResult, out_dir: Path, settings: RunSettings,
-                       head_sha256: str | None, extra_report: dict | None = None) -> dict:
-    """Write the outputs of one scan (report last) and return the report.
-
-    A DICOM SEG that cannot reference its source slices (:func:`~visualad_med.io.dicom_seg_problem`)
-    is not written (an older one of the same name is removed); the report says why under
-    ``not_written`` and the other outputs are written as usual.
-
-    Args:
-        model: the model that made the map (its config and settings are recorded).
-        result: the scan through the model (:func:`run_scan`).
-        out_dir: output folder.
-        settings: the run's settings (planes and the user's threshold are recorded).
-        head_sha256: sha256 of the head file, ``None`` for an untrained head.
-        extra_report: keys added to (or replacing those of) the report.
-    """
-    scan = result.scan
-    affine = scan.volume.affine.numpy()
-    paths = output_paths(out_dir, scan.source.name, scan.series is not None, settings.preview)
-    not_written = _unwritable_outputs(scan, paths)
-    mask = result.mask.numpy()
-    writes = [(write_nifti, stored_map(result), affine, paths["anomaly"], settings.map_dtype),
-              (write_nifti, mask, affine, paths["mask"]),
-              (write_seg_nrrd, mask, affine, paths["segmentation"])]
-    if "dicom_seg" in paths:
-        writes.append((_write_series_seg, scan, mask, paths["dicom_seg"]))
-    if settings.preview:
-        writes.append((write_preview, result, paths["preview"]))
-    for writer, *arguments in writes:  # one at a time: each holds a copy of the mask or map (up to 0.45 GB)
-        writer(*arguments)
-    report = {**scan_report(model, result, settings, head_sha256, time.perf_counter()),
-              "outputs": {key: path.name for key, path in paths.items()}, "not_written": not_written,
-              **(extra_report or {})}
-    write_json(report, paths["report"])
-    return report
-
-
-def _unwritable_outputs(scan: Scan, paths: dict[str, Path]) -> dict[str, str]:
-    """Take the outputs that cannot be written out of ``paths`` (older files removed); why, by output key."""
-    problem = dicom_seg_problem(scan.series.datasets) if scan.series is not None else None
-    if problem is None:
-        return {}
-    logger.warning("%s: %s not written: %s; the other outputs are written", scan.source.name,
-                   paths["dicom_seg"].name, problem)
-    paths.pop("dicom_seg").unlink(missing_ok=True)
-    return {"dicom_seg": problem}
 
 
 def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head_sha256: str | None,

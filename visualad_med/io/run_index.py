@@ -24,13 +24,9 @@ _STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collap
           "td,th{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}"
           ".failed{color:#a00}")
 
-_LINKS = (("anomaly", "map"), ("mask", "mask"), ("segmentation", "Slicer segmentation"),
-          ("dicom_seg", "DICOM SEG"), ("report", "report"))
-"""Output keys linked from a row, with their labels, in this order."""
-
-
-def write_run_index(rows: Sequence[Mapping[str, Any]], outputs: Mapping[str, Mapping[str, str]], title: str,
-                    path: Path | str, summary: str = "summary.csv") -> Path:
+def write_run_index(rows: Sequence[Mapping[str, Any]], outputs: Mapping[str, Mapping[str, str]],
+                    links: Sequence[tuple[str, str]], title: str, path: Path | str,
+                    summary: str = "summary.csv") -> Path:
     """Write the run's HTML index.
 
     Args:
@@ -38,7 +34,9 @@ def write_run_index(rows: Sequence[Mapping[str, Any]], outputs: Mapping[str, Map
             ``scan``, ``status`` (``ok`` or ``failed``), ``score_top1pct``, ``score_max_slice``,
             ``anomalous_voxels``, ``shape``, ``error``, ``source``.
         outputs: per finished scan, its output files by key (``anomaly``, ``mask``,
-            ``segmentation``, ``dicom_seg``, ``preview``, ``report``), names relative to the page.
+            ``segmentation``, ``dicom_seg``, ``preview``, ``report``), names relative to the page;
+            ``preview`` is shown, the others are linked.
+        links: ``(key, link text)`` of the outputs a row links to, in this order.
         title: the page's heading.
         path: output file (``index.html``), written atomically.
         summary: the summary table's file name, linked from the page.
@@ -54,7 +52,7 @@ def write_run_index(rows: Sequence[Mapping[str, Any]], outputs: Mapping[str, Map
              f"<a href='{_link(summary)}'>{_text(summary)}</a>.</p>"]
     if finished:
         parts.append("<table><tr><th>#</th><th>scan</th><th>quick look</th><th>scores</th><th>files</th></tr>")
-        parts += [_finished_row(rank, row, outputs.get(str(row["scan"]), {})) for rank, row in
+        parts += [_finished_row(rank, row, outputs.get(str(row["scan"]), {}), links) for rank, row in
                   enumerate(finished, 1)]
         parts.append("</table>")
     if failed:
@@ -69,16 +67,17 @@ def write_run_index(rows: Sequence[Mapping[str, Any]], outputs: Mapping[str, Map
     return path
 
 
-def _finished_row(rank: int, row: Mapping[str, Any], files: Mapping[str, str]) -> str:
+def _finished_row(rank: int, row: Mapping[str, Any], files: Mapping[str, str],
+                  links: Sequence[tuple[str, str]]) -> str:
     """The ``<tr>`` of a finished scan."""
     preview = files.get("preview")
     picture = (f"<a href='{_link(preview)}'><img src='{_link(preview)}' width='{THUMBNAIL_WIDTH}' "
                f"alt='quick look of {_text(row['scan'])}'></a>" if preview else "")
     scores = (f"score {_number(row.get('score_top1pct'))}<br>max slice {_number(row.get('score_max_slice'))}<br>"
               f"{_text(row.get('anomalous_voxels', ''))} voxels in the mask<br>shape {_text(row.get('shape', ''))}")
-    links = "<br>".join(f"<a href='{_link(files[key])}'>{label}</a>" for key, label in _LINKS if key in files)
+    anchors = "<br>".join(f"<a href='{_link(files[key])}'>{label}</a>" for key, label in links if key in files)
     return (f"<tr><td>{rank}</td><td>{_text(row['scan'])}<br><small>{_text(row.get('source', ''))}</small></td>"
-            f"<td>{picture}</td><td>{scores}</td><td>{links}</td></tr>")
+            f"<td>{picture}</td><td>{scores}</td><td>{anchors}</td></tr>")
 
 
 def _text(value: Any) -> str:

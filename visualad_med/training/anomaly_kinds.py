@@ -188,7 +188,7 @@ def scar_anomaly(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     Returns:
         ``(anomalous image (H, W, 3) uint8, mask (H, W) bool)``.
     """
-    height, width = shape = image.shape[:2]
+    height, width = image.shape[:2]
     side = np.sqrt(height * width)
     length, thickness = rng.uniform(0.10, 0.35) * side, max(1.0, rng.uniform(0.02, 0.06) * side)
     angle = rng.uniform(0.0, np.pi)
