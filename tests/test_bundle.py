@@ -328,8 +328,10 @@ def test_workflow_has_the_properties_monai_checks(work: Path, tmp_path: Path, na
         trainer = workflow.trainer
         assert isinstance(trainer, HeadTrainer) and workflow.max_epochs == trainer.max_epochs == 2
         assert trainer.dataset is workflow.train_dataset and trainer.inferer is workflow.train_inferer
-    else:
-        assert workflow.evaluator.inferer is workflow.inferer
+    else:  # the evaluator runs with the config's settings; the inferer property is their slice inferer
+        settings, inferer = workflow.evaluator.settings, workflow.inferer
+        assert settings is workflow.parser.get_parsed_content("settings")
+        assert (inferer.planes, inferer.batch_size) == (settings.planes, settings.batch_size)
 
 
 def _bundle_copy(root: Path) -> Path:

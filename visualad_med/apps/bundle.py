@@ -2,7 +2,8 @@
 
 The configs build everything from flat keys with thin calls into the library. This module holds
 
-- the checks of config values (:func:`resolve_device`, :func:`as_planes`, :func:`as_window`,
+- the run's settings from the config's keys (:func:`run_settings`) and the checks of config values
+  (:func:`resolve_device`, :func:`as_planes`, :func:`as_window`,
   :func:`require_dir`, :func:`require_layout`, :func:`labelled_dataset`), which end a run with
   :class:`BundleConfigError`;
 - :func:`build_network`: :func:`~visualad_med.model.for_run.model_for_run` wrapped in
@@ -34,14 +35,15 @@ from torch import nn
 from visualad_med.errors import SettingError
 from visualad_med.inference.folder import find_folder_scans, run_folder
 from visualad_med.inference.settings import RunSettings
-from visualad_med.inference.slices import SliceInferer, check_planes
+from visualad_med.inference.slices import check_planes
 from visualad_med.io import ScanSource, write_nifti
 from visualad_med.io.hashing import file_sha256
-from visualad_med.model.checkpoint import SHIPPED_HEAD, HeadCheckpointError, shipped_head
+from visualad_med.model.checkpoint import SHIPPED_HEAD, shipped_head
 from visualad_med.model.cohort import CohortSettings
 from visualad_med.model.devices import resolve_device as _resolve_device
 from visualad_med.model.for_run import model_for_run
 from visualad_med.model.img_focus import cache_dir
+from visualad_med.model.scorings import UNTRAINED
 from visualad_med.model.visualad import VisualAD
 from visualad_med.model.weights import BackboneWeightsError
 from visualad_med.transforms import resolve_window
@@ -51,7 +53,6 @@ logger = logging.getLogger(__name__)
 BUNDLE_ROOT = str(Path(__file__).resolve().parents[2] / "bundles" / "visualad_zsad")
 """The bundle folder of this checkout (``bundles/visualad_zsad``); the configs' default ``bundle_root``."""
 HEAD_FILE = "models/" + SHIPPED_HEAD
-UNTRAINED = "untrained"
 EXAMPLE_NAME = "mni152_t1_1mm.nii.gz"
 CONFIG_KEYS = {"input": "dataset_dir", "output": "output_dir"}
 """The config key of a :class:`~visualad_med.errors.SettingError`'s setting, where the names differ."""
@@ -97,6 +98,24 @@ def as_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
     except ValueError as error:
         raise BundleConfigError("planes", f"{error}; set --planes, e.g. axial,coronal,sagittal") from None
     return names
+
+
+def run_settings(planes: str | Sequence[str] | None = None, window: str | Sequence[float] | None = None,
+                 batch_size: int | None = None, precision: str | None = None, threshold: float | None = None,
+                 overwrite: bool = False, progress: bool = True) -> RunSettings:
+    """The run's :class:`~visualad_med.inference.settings.RunSettings` from the config's keys; ``None``: the default.
+
+    Raises:
+        BundleConfigError: naming the key of a value that cannot work.
+    """
+    given = {"planes": None if planes is None else as_planes(planes),
+             "window": None if window is None else as_window(window),
+             "batch_size": batch_size, "precision": precision}
+    try:
+        return RunSettings(threshold=threshold, overwrite=overwrite, progress=progress,
+                           **{key: value for key, value in given.items() if value is not None})
+    except SettingError as error:
+        raise config_error(error, "batch_size") from None
 
 
 def as_window(window: str | Sequence[float]) -> str | tuple[float, float]:
@@ -173,15 +192,14 @@ def config_error(error: Exception, fallback: str, advice: str = "") -> BundleCon
     return BundleConfigError(key, f"{error}; set --{key}{advice}")
 
 
+MODEL_ADVICE = {"head": f" to a head trained on this backbone, --backbone to the head's, or --head {UNTRAINED}",
+                "backbone_weights": " FILE (or random for smoke tests)"}
+"""What to add after ``set --KEY`` for an error of the model's settings, by setting."""
+
+
 def model_error(error: Exception) -> BundleConfigError:
-    """The config key behind a model-building error."""
-    if isinstance(error, HeadCheckpointError):
-        return BundleConfigError("head", f"{error}; set --head to a head trained on this backbone, --backbone to "
-                                 f"the head's, or --head {UNTRAINED}")
-    if isinstance(error, BackboneWeightsError):
-        return BundleConfigError("backbone_weights", f"{error}; set --backbone_weights FILE (or random for smoke "
-                                 "tests)")
-    return config_error(error, "backbone")
+    """The config key behind a model-building error (its ``setting``; ``backbone`` when it names none)."""
+    return config_error(error, "backbone", MODEL_ADVICE.get(getattr(error, "setting", None), ""))
 
 
 def build_network(
@@ -217,19 +235,19 @@ def build_network(
 
 
 def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str | None,
-                    reference_bank: str | None, output_dir: str | Path, window: str | Sequence[float] = "auto",
-                    planes: str | Sequence[str] = "axial", intensity: str | None = None) -> CohortSettings | None:
+                    reference_bank: str | None, output_dir: str | Path, settings: RunSettings,
+                    intensity: str | None = None) -> CohortSettings | None:
     """The inference config's cohort (``scoring`` ``mutual``/``visualad+mutual``; ``None``: the default cohort of a
-    run of two or more scans; ``"none"``: the head alone) or few-shot references, or None; ``intensity`` is the
-    cohort's intensity term (``vouched``, ``none``; ``None``: the default)."""
+    run of two or more scans; ``"none"``: the head alone) or few-shot references, or None; ``settings`` are the
+    run's (:func:`run_settings`: reference scans are read with them); ``intensity`` is the cohort's intensity term
+    (``vouched``, ``none``; ``None``: the default)."""
     from visualad_med.inference.cohort import cohort_from_options
 
     if scoring == NO_COHORT:
         return None
     try:
         return cohort_from_options(unwrap(network), scoring, reference_dir, reference_bank, Path(output_dir),
-                                   RunSettings(planes=as_planes(planes), window=as_window(window)),
-                                   intensity=intensity)
+                                   settings, intensity=intensity)
     except SettingError as error:
         raise config_error(error, "cohort_intensity") from None
     except ValueError as error:
@@ -293,30 +311,23 @@ class ScanFolderEvaluator:
         dataset: the scans (a MONAI ``Dataset`` over :func:`scan_datalist`, or the list itself).
         output_dir: output folder.
         network: :class:`VisualADMapNet` (or :class:`VisualAD`) on its device.
-        inferer: a :class:`~visualad_med.inference.slices.SliceInferer`.
-        window: ``auto``, a preset or ``WIDTH,LEVEL`` in HU (see :func:`as_window`).
-        threshold: the mask threshold on the map; ``None``: the head's (or the cohort rule's).
-        overwrite: redo scans that already have a report.
-        progress: show progress bars.
+        settings: the run's settings (:func:`run_settings`); its slice inferer is ``settings.inferer``.
         cohort: score the scans against each other or against references (every scan is redone).
     """
 
     def __init__(self, dataset: Sequence[ScanSource], output_dir: str | Path, network: nn.Module,
-                 inferer: SliceInferer, window: str | Sequence[float] = "auto", threshold: float | None = None,
-                 overwrite: bool = False, progress: bool = True, cohort: CohortSettings | None = None):
+                 settings: RunSettings, cohort: CohortSettings | None = None):
         self.scans = list(getattr(dataset, "data", dataset))
         self.output_dir = Path(output_dir)
         self.network = network
-        self.inferer = inferer
-        self.settings = RunSettings(planes=inferer.planes, window=as_window(window), batch_size=inferer.batch_size,
-                                    threshold=threshold, overwrite=overwrite, progress=progress)
+        self.settings = settings
         self.cohort = cohort
 
     def run(self) -> tuple[int, int]:
         """Process every scan; returns ``(succeeded, failed)``; raises :class:`BundleRunError` if any failed."""
         run = run_folder(unwrap(self.network), self.scans, self.output_dir, self.settings,
                          head_sha256=getattr(self.network, "head_sha256", None), cohort=self.cohort,
-                         inferer=self.inferer, where=self.output_dir)
+                         where=self.output_dir)
         if run.failed:
             raise BundleRunError(f"{run.failed} of {run.succeeded + run.failed} scans failed (reasons above and in "
                                  f"{self.output_dir / 'summary.csv'})")

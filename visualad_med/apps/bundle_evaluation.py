@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from visualad_med.apps.bundle import (VOLUME_LAYOUT, BundleConfigError, BundleRunError, as_planes, as_window,
-                                      cohort_settings, command_line, labelled_dataset, require_dir, resolve_device,
-                                      unwrap)
+from visualad_med.apps.bundle import (VOLUME_LAYOUT, BundleConfigError, BundleRunError, cohort_settings, command_line,
+                                      labelled_dataset, require_dir, resolve_device, unwrap)
 from visualad_med.inference.settings import RunSettings
-from visualad_med.inference.slices import SliceInferer
 
 logger = logging.getLogger(__name__)
 
@@ -65,25 +63,22 @@ class LabelledSetEvaluator:
         network: :class:`~visualad_med.apps.bundle.VisualADMapNet` (or the model itself) on its device.
         dataset: :func:`evaluation_dataset`. Volumes are evaluated from it; a 2D set's data root is handed to
             ``evaluate`` again, so that ``results.json`` records root, layout and split as the CLI's does.
-        inferer: the slice inferer of volumes.
+        settings: the run's settings of volumes (:func:`~visualad_med.apps.bundle.run_settings`).
         output_dir: output folder.
         dataset_dir, layout, split, classes: where ``dataset`` came from (recorded).
         batch_size, overlays, workers, device: of the 2D evaluation.
-        window: ``auto``, a preset or ``WIDTH,LEVEL`` in HU (volumes).
-        threshold: the mask threshold on the map (volumes); ``None``: the head's (or the cohort rule's).
         cohort_scoring: volumes: ``mutual`` etc. (see :func:`~visualad_med.apps.bundle.cohort_settings`).
     """
 
-    def __init__(self, network: nn.Module, dataset, inferer: SliceInferer, output_dir, dataset_dir, layout: str,
-                 split: str = "test", classes: Sequence[str] | str | None = None, batch_size: int = 8,
+    def __init__(self, network: nn.Module, dataset, settings: RunSettings, output_dir, dataset_dir, layout: str,
+                 split: str = "test", classes: Sequence[str] | str | None = None, batch_size: int | None = None,
                  overlays: int = 8, workers: int = 0, device: str | torch.device = "auto",
-                 window: str | Sequence[float] = "auto", threshold: float | None = None,
                  cohort_scoring: str | None = None):
-        self.network, self.dataset, self.inferer = network, dataset, inferer
+        self.network, self.dataset, self.settings = network, dataset, settings
         self.output_dir, self.dataset_dir, self.layout, self.split = output_dir, dataset_dir, layout, split
         self.classes = [classes] if isinstance(classes, str) else classes
-        self.batch_size, self.overlays, self.workers, self.device = batch_size, overlays, workers, device
-        self.window, self.threshold, self.cohort_scoring = window, threshold, cohort_scoring
+        self.batch_size = settings.batch_size if batch_size is None else batch_size
+        self.overlays, self.workers, self.device, self.cohort_scoring = overlays, workers, device, cohort_scoring
 
     def run(self) -> dict:
         """Evaluate and write the results into ``output_dir``; returns them."""
@@ -112,13 +107,10 @@ class LabelledSetEvaluator:
     def _run_volumes(self) -> dict:
         from visualad_med.evaluation.volumes import evaluate_volumes
 
-        planes = as_planes(self.inferer.planes)
-        settings = RunSettings(planes=planes, window=as_window(self.window), batch_size=self.inferer.batch_size,
-                               threshold=self.threshold, overwrite=True)
-        cohort = cohort_settings(self.network, self.cohort_scoring, None, None, self.output_dir, self.window, planes)
-        results = evaluate_volumes(unwrap(self.network), self.dataset, Path(self.output_dir), settings,
+        cohort = cohort_settings(self.network, self.cohort_scoring, None, None, self.output_dir, self.settings)
+        results = evaluate_volumes(unwrap(self.network), self.dataset, Path(self.output_dir), self.settings,
                                    data=str(self.dataset_dir), head=getattr(self.network, "head_path", None),
-                                   command=command_line().split(" "), cohort=cohort, inferer=self.inferer)
+                                   command=command_line().split(" "), cohort=cohort)
         if results["counts"]["failed"]:
             raise BundleRunError(f"{results['counts']['failed']} of {results['counts']['listed']} scans failed "
                                  f"(reasons above and in {Path(self.output_dir) / 'results.json'})")

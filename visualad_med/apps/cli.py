@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from visualad_med.apps.cli_arguments import UNTRAINED, build_parser
-from visualad_med.model.scorings import COHORT_SCORINGS, DEFAULT_IMAGE_SCORING
+from visualad_med.apps.cli_arguments import build_parser
+from visualad_med.model.scorings import COHORT_SCORINGS, DEFAULT_IMAGE_SCORING, UNTRAINED
 
 logger = logging.getLogger("visualad_med")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from visualad_med.inference.settings import RunSettings
 from visualad_med.model.presets import PRESETS
-from visualad_med.model.scorings import DEPTHS, INTENSITY_TERMS, MATCHES
-
-UNTRAINED = "untrained"
-"""``--head`` value for a fresh, untrained head."""
+from visualad_med.model.scorings import DEPTHS, INTENSITY_TERMS, MATCHES, UNTRAINED
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,12 +110,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser, layouts: str, several: 
 
 def _add_volume_arguments(parser: argparse.ArgumentParser, scope: str, threshold_help: str) -> None:
     """``--window``, ``--planes``, ``--precision`` and ``--threshold`` of volume runs (``scope`` prefixes the help)."""
-    parser.add_argument("--window", default="auto",
+    parser.add_argument("--window", default=RunSettings.window,
                         help=f"{scope}auto (from Modality: CT brain window, MR/others percentile scaling), brain, "
                         "subdural, abdomen, liver, lung, bone, percentile, or WIDTH,LEVEL in HU")
-    parser.add_argument("--planes", default="axial",
+    parser.add_argument("--planes", default=",".join(RunSettings.planes),
                         help=f"{scope}comma-separated planes; axial,coronal,sagittal averages the three (tri-planar)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default=RunSettings.precision, choices=["auto", "fp32", "bf16", "fp16"],
                         help=f"{scope}autocast of the model's forward pass; auto: bf16 where the device computes it "
                         "natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp16 on older GPUs and fp32 on "
                         "other CPUs; bf16 moved the dev volumes' voxel AUROC/AP by at most 0.08 points from fp32 "
@@ -178,7 +176,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     _add_volume_arguments(evaluate, "volumes: ", "mask threshold for Dice and IoU (default: the head's)")
     evaluate.add_argument("--classes", nargs="+", default=None, help="classes to evaluate (default: all)")
     evaluate.add_argument("--out", required=True, help="output folder")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    evaluate.add_argument("--batch-size", type=int, default=RunSettings.batch_size, help="images per forward pass")
     evaluate.add_argument("--overlays", type=int, default=8, help="overlay PNGs per class (half normal); 0: none")
     evaluate.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     _add_model_arguments(evaluate)
@@ -211,9 +209,9 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     )
     infer.add_argument("input", help="folder (searched recursively) or a single scan file")
     infer.add_argument("output", help="output folder (not inside the input folder)")
-    infer.add_argument("--batch-size", type=int, default=8, help="slices per model call")
+    infer.add_argument("--batch-size", type=int, default=RunSettings.batch_size, help="slices per model call")
     _add_volume_arguments(infer, "", "mask threshold on the map (default: the head's calibrated threshold)")
-    infer.add_argument("--map-dtype", default="int16",  # checked by RunSettings: importing the writers takes seconds
+    infer.add_argument("--map-dtype", default=RunSettings.map_dtype,  # checked by RunSettings
                        help="how the anomaly map is stored: int16 (default) with NIfTI scl_slope/scl_inter over the "
                        "map's range, every value within half a step ((max - min) / 65534) of the float32 map: 78 MB "
                        "for a 512 x 562 x 239 head CT (104 MB with --precision fp32); float32: exact, 151 MB (231 MB). "

@@ -7,7 +7,9 @@ and AUPRO (:mod:`visualad_med.evaluation.aupro`).
 
 AUROC equals ``sklearn.metrics.roc_auc_score``, AP equals
 ``sklearn.metrics.average_precision_score`` and F1-max is the largest F1 over
-the points of ``sklearn.metrics.precision_recall_curve``.
+the points of ``sklearn.metrics.precision_recall_curve`` (to 1e-9, tests/test_metrics.py).
+Kept over sklearn: 30M voxels in 6.5 s / 682 MiB vs its 46.7 s / 1403 MiB (benchmarks/metrics_speed.py).
+:func:`curve_points` keeps its own thresholds: sklearn's curves have a point per distinct score, uncapped.
 
 Every metric is a fraction in [0, 1]. A metric the data cannot define (one
 class missing) is ``float('nan')``, and a warning says why.

@@ -21,6 +21,7 @@ from visualad_med.datasets import AnomalyDataset
 from .image_scoring import _ClassTally
 from .metrics import CurvePoints, curve_points, image_metrics
 from visualad_med.model.torch_model import VisualAD
+from visualad_med.model.scorings import UNTRAINED
 from .report import IMAGE_METRICS, PIXEL_METRICS, plot_curves, safe_name
 from visualad_med.io.hashing import file_sha256
 
@@ -148,7 +149,7 @@ def _head_identity(model: VisualAD, head: str | Path | None) -> dict[str, str | 
     if head is not None:
         return {"head": str(head), "head_sha256": file_sha256(Path(head))}
     fresh = not model.config.training and model.settings.threshold is None
-    return {"head": None, "head_sha256": "untrained" if fresh else "unknown (head file not given)"}
+    return {"head": None, "head_sha256": UNTRAINED if fresh else "unknown (head file not given)"}
 
 
 def _environment(device: torch.device) -> dict[str, str]:

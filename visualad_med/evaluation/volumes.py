@@ -51,7 +51,6 @@ from visualad_med.model.cohort import CohortSettings
 from visualad_med.inference.folder import run_folder
 from visualad_med.inference.scan import ScanResult
 from visualad_med.inference.settings import RunSettings
-from visualad_med.inference.slices import SliceInferer
 from visualad_med.io import load_scan
 
 logger = logging.getLogger(__name__)
@@ -255,7 +254,6 @@ def evaluate_volumes(
     head: str | Path | None = None,
     command: Sequence[str] | None = None,
     cohort: CohortSettings | None = None,
-    inferer: SliceInferer | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model on labelled volumes; writes ``results.json``, ``results.md``, ``scans.csv``,
     ``curves/*.png`` and the per-scan outputs of ``infer`` in ``maps/``; returns the results.
@@ -264,8 +262,7 @@ def evaluate_volumes(
     and the evaluation goes on. Every scan is recomputed (``settings.overwrite`` is forced on). The
     maps are stored as float32 (``settings.map_dtype`` is forced), so that the metrics can be
     recomputed from the files. With ``cohort``, the scans are scored against each other
-    (:mod:`visualad_med.inference.cohort`). ``inferer`` is the slice inferer (default
-    ``settings.inferer(model)``).
+    (:mod:`visualad_med.inference.cohort`).
     """
     out_dir = Path(out_dir)
     maps_dir = out_dir / "maps"
@@ -274,7 +271,7 @@ def evaluate_volumes(
     tally = CohortTally()
     stored_exactly = replace(settings, overwrite=True, map_dtype="float32")
     run = run_folder(model, [pair.scan for pair in pairs], maps_dir, stored_exactly,
-                     head_sha256=file_sha256(Path(head)) if head else None, cohort=cohort, inferer=inferer,
+                     head_sha256=file_sha256(Path(head)) if head else None, cohort=cohort,
                      after_scan=_scorer(pairs, tally), where=data)
     failed = run.failed
     pooled = tally.pooled() if tally.rows else dict.fromkeys(VOLUME_METRICS, math.nan)

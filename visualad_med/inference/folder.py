@@ -44,7 +44,6 @@ from .outputs import INDEX_LINKS, output_paths, write_scan_outputs
 from .scan import LoadedScan, ScanResult, infer_scan, load_for_run
 from .resume import input_identity, settings_identity, why_not_done
 from .settings import RunSettings
-from .slices import SliceInferer
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,6 @@ def run_folder(
     *,
     head_sha256: str | None = None,
     cohort: CohortSettings | None = None,
-    inferer: SliceInferer | None = None,
     after_scan: Callable[[ScanResult, dict], None] | None = None,
     where: Path | str = "",
 ) -> FolderRun:
@@ -147,7 +145,6 @@ def run_folder(
         settings: the run's settings.
         head_sha256: sha256 of the head file (recorded), ``None`` for an untrained head.
         cohort: score every scan against the others (when it applies to this many scans).
-        inferer: the slice inferer (default ``settings.inferer(model)``).
         after_scan: called with each scan's result and report once its outputs are written; what it
             raises fails the scan (e.g. a label volume on another grid).
         where: the input, named in the log.
@@ -160,15 +157,15 @@ def run_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     with lock_output_folder(out_dir, *rank_world()):
         remove_stale_temporaries(out_dir, older_than=started)
-        return _run_folder_locked(model, scans, out_dir, settings, head_sha256, cohort, inferer, after_scan, where)
+        return _run_folder_locked(model, scans, out_dir, settings, head_sha256, cohort, after_scan, where)
 
 
 def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Path, settings: RunSettings,
-                       head_sha256: str | None, cohort: CohortSettings | None, inferer: SliceInferer | None,
+                       head_sha256: str | None, cohort: CohortSettings | None,
                        after_scan: Callable[[ScanResult, dict], None] | None, where: Path | str) -> FolderRun:
     """:func:`run_folder` once the output folder is locked."""
     model.eval()
-    inferer = inferer or settings.inferer(model)
+    inferer = settings.inferer(model)
     scoring = None
     if cohort is not None and cohort.applies_to(len(scans)):
         store = FeatureStore(Path(settings.feature_store) if settings.feature_store else out_dir / STORE_FOLDER)
@@ -176,7 +173,7 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
             remove_stale_temporaries(store.folder, older_than=time.time())
         scoring = CohortScoring.prepare(model, list(scans), settings, cohort, inferer, store, head_sha256)
         if settings.threshold is None:
-            settings = replace(settings, threshold=scoring.threshold)
+            settings = replace(settings, threshold=scoring.threshold, threshold_rule=scoring.report()["threshold_rule"])
 
     run_key = settings_identity(model, settings, head_sha256, inferer.precision)
     identities: dict[str, dict] = {}
@@ -203,7 +200,8 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
         return infer_scan(model, loaded, settings, inferer)
 
     def write(result: ScanResult, paths: dict[str, Path]) -> dict:
-        extra = {**(cohort_report(scoring, settings) or {}), "identity": identities.pop(result.scan.source.name)}
+        extra = {**({} if scoring is None else {"cohort": scoring.report()}),
+                 "identity": identities.pop(result.scan.source.name)}
         report = write_scan_outputs(model, result, paths, settings, head_sha256, extra)
         if after_scan is not None:
             after_scan(result, report)
@@ -212,14 +210,6 @@ def _run_folder_locked(model: VisualAD, scans: Sequence[ScanSource], out_dir: Pa
     written = run_scans(list(scans), out_dir, ScanSteps(load, infer, write), overwrite=settings.overwrite,
                         progress=settings.progress, where=where, identity=identity, preview=settings.preview)
     return FolderRun(written, settings.mask_threshold(model), None if scoring is None else scoring.report())
-
-
-def cohort_report(cohort: CohortScoring | None, settings: RunSettings) -> dict | None:
-    """The report keys of a cohort run (``None`` for a plain run)."""
-    if cohort is None:
-        return None
-    rule = cohort.report()["threshold_rule"]
-    return {"cohort": cohort.report(), "threshold_source": rule if settings.threshold == cohort.threshold else "user"}
 
 
 def _summary_row(source: ScanSource, report: dict) -> dict:

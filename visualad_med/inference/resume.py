@@ -51,8 +51,8 @@ def input_identity(source: ScanSource) -> list[dict]:
 def settings_identity(model: VisualAD, settings: RunSettings, head_sha256: str | None, precision: str) -> dict:
     """The settings of a run that change a scan's outputs, as JSON would give them back.
 
-    ``precision`` is the autocast the run's inferer resolved (``SliceInferer.precision``): the bundle
-    builds its inferer from its own key, so ``settings.precision`` may not be what runs.
+    ``precision`` is the autocast ``settings.precision`` resolved to on the model's device
+    (``SliceInferer.precision`` of :meth:`RunSettings.inferer`): ``auto`` runs bf16 or fp32 by device.
     """
     config = model.config
     key = {"head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,

@@ -131,7 +131,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
         "window_range": (scan.window.low, scan.window.high),
         "planes": list(settings.planes),
         "threshold": result.threshold,
-        "threshold_source": "head (F1-max on industrial training data)" if settings.threshold is None else "user",
+        "threshold_source": settings.threshold_source,
         "map_dtype": settings.map_dtype,
         "scores": {**result.scan_scores, "slice_axis": scores.axis,
                    "slice_plane": scores.plane, "per_slice": scores.scores},

@@ -1,21 +1,30 @@
-"""The settings of a run over scans, apart from the model and its checkpoint.
+"""The settings of a run over scans, apart from the model and its checkpoint: one frozen :class:`RunSettings`.
 
 The model's own run choices (scoring, map reference, calibrated threshold) are its
 :class:`~visualad_med.model.map_settings.MapSettings`; cohort scoring is a
 :class:`~visualad_med.model.cohort.CohortSettings`. What is left, how scans are sliced and
-written, is :class:`RunSettings`.
+written, is :class:`RunSettings`. Its field defaults are the run's defaults: the command line, the
+bundle (a ``null`` key) and :class:`~visualad_med.inference.slices.SliceInferer` read them from
+here, and every run's slice inferer is :meth:`RunSettings.inferer`, so a resumed run compares
+exactly what ran. The module imports no torch (``visualad-med --help`` reads the defaults).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from visualad_med.errors import SettingError
-from visualad_med.io.writers import MAP_DTYPES
-from visualad_med.model.torch_model import VisualAD
-from visualad_med.transforms import resolve_window
 
-from .slices import SliceInferer, check_planes
+if TYPE_CHECKING:
+    from visualad_med.model.torch_model import VisualAD
+
+    from .slices import SliceInferer
+
+HEAD_THRESHOLD = "head (F1-max on industrial training data)"
+"""The report's ``threshold_source`` when the mask threshold is the head's calibrated one."""
+USER_THRESHOLD = "user"
+"""The report's ``threshold_source`` when the run was given a threshold."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,11 @@ class RunSettings:
             (:mod:`~visualad_med.inference.feature_store`); ``None``: ``OUTPUT/.features``. Runs that
             share it (several output folders, or ``torchrun`` nodes on shared storage) reuse each
             other's features.
+        threshold_rule: the rule that set ``threshold`` (a cohort run's, from its null distribution);
+            ``None`` when the user set it or the head's is used.
+
+    A field's default is the run's default (``RunSettings.batch_size`` is 8): the command line, the
+    bundle and the slice inferer read it from here.
     """
 
     planes: tuple[str, ...] = ("axial",)
@@ -54,9 +68,15 @@ class RunSettings:
     map_dtype: str = "int16"
     preview: bool = False
     feature_store: str | None = None
+    threshold_rule: str | None = None
 
     def __post_init__(self) -> None:
         """Check the settings before any scan is read, so a typo fails the run once, not every scan."""
+        from visualad_med.io.writers import MAP_DTYPES
+        from visualad_med.transforms import resolve_window
+
+        from .slices import check_planes
+
         check_planes(self.planes)
         if self.window != "auto":
             try:
@@ -69,7 +89,9 @@ class RunSettings:
             raise SettingError("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
 
     def inferer(self, model: VisualAD) -> SliceInferer:
-        """The :class:`SliceInferer` of these settings, on the model's device."""
+        """The :class:`~visualad_med.inference.slices.SliceInferer` of these settings, on the model's device."""
+        from .slices import SliceInferer
+
         device = next(model.parameters()).device
         return SliceInferer(self.planes, self.batch_size, device=device, skip_empty=self.skip_empty,
                             progress=self.progress, precision=self.precision)
@@ -77,3 +99,11 @@ class RunSettings:
     def mask_threshold(self, model: VisualAD) -> float:
         """The threshold on the map: these settings', else the model's calibrated one."""
         return model.threshold if self.threshold is None else self.threshold
+
+    @property
+    def threshold_source(self) -> str:
+        """Where the mask threshold comes from, as the report says it: the rule, the head's or the user's."""
+        if self.threshold_rule is not None:
+            return self.threshold_rule
+        return HEAD_THRESHOLD if self.threshold is None else USER_THRESHOLD
+

@@ -34,6 +34,7 @@ from visualad_med.model.devices import autocast, inference_precision
 from visualad_med.model.visualad import VisualAD
 from visualad_med.model.torch_model import TOP_FRACTION
 from visualad_med.transforms import PLANES, SlicePipeline, anatomical_axis, slice_pipeline
+from .settings import RunSettings
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ class SliceInferer(Inferer):
             (:func:`~visualad_med.model.devices.inference_precision`; ``auto``: bf16 where the device
             computes it natively, else fp32 on the CPU).
 
+    A run builds it with :meth:`RunSettings.inferer <visualad_med.inference.settings.RunSettings.inferer>`; the
+    defaults are :class:`~visualad_med.inference.settings.RunSettings`'.
+
     Call it with the volume, the network (anything with ``config`` that maps ``(B, 3, S, S)``
     images to ``{"map", "score"}``) and the scan's :data:`SlicePreprocessing`
     (:func:`slice_preprocessing`); it returns :class:`ScanMaps`.
@@ -154,13 +158,13 @@ class SliceInferer(Inferer):
 
     def __init__(
         self,
-        planes: tuple[str, ...] = ("axial",),
-        batch_size: int = 8,
+        planes: tuple[str, ...] = RunSettings.planes,
+        batch_size: int = RunSettings.batch_size,
         slab_slices: int = 64,
         device: torch.device | str = "cpu",
-        skip_empty: bool = True,
-        progress: bool = True,
-        precision: str = "auto",
+        skip_empty: bool = RunSettings.skip_empty,
+        progress: bool = RunSettings.progress,
+        precision: str = RunSettings.precision,
     ) -> None:
         super().__init__()
         check_planes(planes)

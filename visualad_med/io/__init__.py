@@ -6,11 +6,13 @@ slice of a loaded DICOM volume back to its source dataset; writers :func:`write_
 :func:`write_seg_nrrd`, :func:`write_dicom_seg`, :func:`write_json`, :func:`write_summary_csv`.
 """
 
+from visualad_med.errors import ScanLoadError
+
 from .dicom_series import MAX_GAP_SLICES, DicomSeries
 from .discover import find_scans
 from .load import MAX_VOXELS, Scan, load_scan
 from .sitk_reader import SimpleITKReader
-from .sources import ScanLoadError, ScanSource
+from .sources import ScanSource
 from .dicom_seg import dicom_seg_problem, write_dicom_seg
 from .writers import write_json, write_nifti, write_seg_nrrd, write_summary_csv
 

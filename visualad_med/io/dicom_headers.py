@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from .sources import ScanLoadError
+from visualad_med.errors import ScanLoadError
 
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 """FloatPixelData, DoubleFloatPixelData, PixelData: dropped from the kept headers (as ``stop_before_pixels``)."""

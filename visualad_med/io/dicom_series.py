@@ -41,7 +41,7 @@ from monai.data.utils import orientation_ras_lps
 from scipy import ndimage
 
 from .dicom_headers import _read_sorted
-from .sources import ScanLoadError
+from visualad_med.errors import ScanLoadError
 
 __all__ = ["MAX_GAP_SLICES", "DicomSeries"]
 

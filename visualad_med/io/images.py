@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from .budget import BYTES_PER_PIXEL, budget_problem
+from visualad_med.errors import ImageReadError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File extensions (lower case) recognised as images when scanning folders."""
@@ -56,20 +57,6 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if is_image_file(p))
-
-
-class ImageReadError(OSError):
-    """An image or mask file that cannot be used.
-
-    Args:
-        path: the file.
-        reason: what is wrong, with the offending values.
-    """
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @contextlib.contextmanager

@@ -40,7 +40,9 @@ from .budget import BYTES_PER_VOXEL, budget_problem
 from .dicom_series import MAX_GAP_SLICES, DicomSeries
 from .discover import find_scans
 from .sitk_reader import SimpleITKReader
-from .sources import ScanLoadError, ScanSource
+from visualad_med.errors import ScanLoadError
+
+from .sources import ScanSource
 
 __all__ = ["MAX_VOXELS", "Scan", "load_scan"]
 

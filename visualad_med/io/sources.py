@@ -43,17 +43,3 @@ class ScanSource:
     def path(self) -> Path:
         """The file of a single-file scan, the folder of the first file of a DICOM series."""
         return self.files[0].parent if self.kind == "dicom" else self.files[0]
-
-
-class ScanLoadError(Exception):
-    """A scan that cannot be read as a volume; the caller logs it and goes on with the next scan.
-
-    Args:
-        path: the offending file, or the series folder when no single file is at fault.
-        reason: what is wrong, with the offending values.
-    """
-
-    def __init__(self, path: Path | str, reason: str):
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")

@@ -11,23 +11,25 @@ CLIP ViT-L/14@336 checkpoints use it too. Neither loader executes code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import json
 import logging
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonschema import Draft202012Validator, TypeChecker, ValidationError, validators
+from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from visualad_med.io.atomic import atomic_path
-
-from .body_reference import MAP_REFERENCES
+from visualad_med.errors import HeadCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +46,6 @@ MODEL_FIELDS = ("backbone", "weights_sha256", "embed_dim", "depth", "patch_size"
                 "std", "num_anchors", "dropout", "res_scale_init", "format")
 """Fields of a :class:`HeadConfig` that describe the model as built (backbone, input size, module sizes): a
 loaded head takes them from the model it is loaded onto (checked to fit), everything else from the head file."""
-
-
-class HeadCheckpointError(ValueError):
-    """A head checkpoint that cannot be read or does not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ class HeadConfig:
 
     @classmethod
     def from_json(cls, text: str) -> HeadConfig:
-        """Parse and validate a config written by :meth:`to_json`.
+        """Parse a config written by :meth:`to_json` and validate it against :data:`HEAD_CONFIG_SCHEMA`.
 
         Raises:
             HeadCheckpointError: invalid JSON, an unknown or missing key, or a field of the wrong
@@ -116,21 +114,9 @@ class HeadConfig:
             values = json.loads(text)
         except (json.JSONDecodeError, TypeError) as error:
             raise HeadCheckpointError(f"head config is not valid JSON: {error}") from error
-        if not isinstance(values, dict):
-            raise HeadCheckpointError(f"head config must be a JSON object, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise HeadCheckpointError(f"unknown head config keys {unknown}")
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
-        missing = sorted(required - set(values))
-        if missing:
-            raise HeadCheckpointError(f"head config lacks keys {missing}")
-        for name, value in values.items():
-            problem = _FIELD_CHECKS[name](value)
-            if problem:
-                raise HeadCheckpointError(f"head config field {name!r}: {problem}, got {value!r}")
+        error = best_match(_config_validator().iter_errors(values))
+        if error is not None:
+            raise HeadCheckpointError(_config_problem(error, values))
         for name in ("taps", "selfsim_layers"):
             layers = values.get(name) or ()
             if any(layer > values["depth"] for layer in layers):
@@ -142,78 +128,62 @@ class HeadConfig:
         return cls(**values)
 
 
-Check = Callable[[Any], "str | None"]
+HEAD_CONFIG_SCHEMA = "head_config.schema.json"
+"""JSON Schema (Draft 2020-12) of a :class:`HeadConfig`'s JSON, package data beside this module."""
 
 
-def _integer(low: int, high: int) -> Check:
-    """A check for an int (not a bool) in ``[low, high]``."""
-    def check(value: Any) -> str | None:
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            return f"must be an integer in [{low}, {high}]"
-        return None
-    return check
+def _strict_integer(_checker: TypeChecker, value: Any) -> bool:
+    """JSON Schema ``integer``, narrowed to Python ints: no bool, no float such as ``3.0``."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(low: float = -math.inf, high: float = math.inf) -> Check:
-    """A check for a finite int or float (not a bool) in ``[low, high]``."""
-    def check(value: Any) -> str | None:
-        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-                or not low <= value <= high):
-            bounds = f" in [{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else ""
-            return f"must be a finite number{bounds}"
-        return None
-    return check
+def _finite_number(_checker: TypeChecker, value: Any) -> bool:
+    """JSON Schema ``number``, narrowed to finite values: no bool, NaN or infinity."""
+    return _strict_integer(_checker, value) or (isinstance(value, float) and math.isfinite(value))
 
 
-def _optional(inner: Check) -> Check:
-    return lambda value: None if value is None else inner(value)
+@functools.cache
+def _config_validator() -> Validator:
+    """Validator of :data:`HEAD_CONFIG_SCHEMA` whose ``integer`` and ``number`` types are strict (see above)."""
+    schema = json.loads((importlib.resources.files("visualad_med.model") / HEAD_CONFIG_SCHEMA).read_text())
+    types = Draft202012Validator.TYPE_CHECKER.redefine_many({"integer": _strict_integer, "number": _finite_number})
+    return validators.extend(Draft202012Validator, type_checker=types)(schema)
 
 
-def _sequence(item: Check, low: int, high: int) -> Check:
-    """A check for a list of ``low`` to ``high`` items, each passing ``item``."""
-    def check(value: Any) -> str | None:
-        if not isinstance(value, (list, tuple)) or not low <= len(value) <= high:
-            return f"must be a list of {low} to {high} items"
-        return next((f"item {index} {problem}" for index, entry in enumerate(value) if (problem := item(entry))),
-                    None)
-    return check
+_KINDS = {"integer": "an integer", "number": "a finite number", "array": "a list", "string": "a string",
+          "object": "a JSON object"}
+"""How a message names each JSON Schema type."""
 
 
-def _choice(*options: str) -> Check:
-    return lambda value: None if value in options else f"must be one of {list(options)}"
+def _requirement(schema: dict[str, Any]) -> str:
+    """What a value must be to pass ``schema``, one property (or list item) of the head config schema.
+
+    Returns:
+        A phrase such as ``must be an integer in [1, 8192]``; ``null``, where allowed, goes unmentioned.
+    """
+    if "enum" in schema:
+        return f"must be one of {schema['enum']}"
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    kind = next(name for name in kinds if name != "null")
+    if kind == "array":
+        return f"must be a list of {schema['minItems']} to {schema['maxItems']} items"
+    if kind == "string" and schema.get("minLength"):
+        return "must be a non-empty string"
+    bounds = f" in [{schema['minimum']:g}, {schema['maximum']:g}]" if "minimum" in schema else ""
+    return f"must be {_KINDS[kind]}{bounds}"
 
 
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "must be a non-empty string"
-
-
-def _mapping(value: Any) -> str | None:
-    return None if isinstance(value, dict) else "must be a JSON object"
-
-
-_FIELD_CHECKS: dict[str, Check] = {
-    "backbone": _text,
-    "weights_sha256": _optional(_text),
-    "embed_dim": _integer(1, 1 << 16),
-    "depth": _integer(1, 1024),
-    "patch_size": _integer(1, 1024),
-    "image_size": _integer(1, 8192),
-    "taps": _sequence(_integer(1, 1024), 1, 1024),
-    "mean": _sequence(_number(-1e3, 1e3), 3, 3),
-    "std": _sequence(_number(1e-6, 1e3), 3, 3),
-    "threshold": _optional(_number()),
-    "num_anchors": _integer(1, 4096),
-    "dropout": _number(0.0, 1.0),
-    "res_scale_init": _number(-1e3, 1e3),
-    "scoring": _choice(*SCORINGS),
-    "selfsim_layers": _optional(_sequence(_integer(1, 1024), 1, 1024)),
-    "selfsim_weight": _number(-1e6, 1e6),
-    "selfsim_neighbours": _integer(1, 1 << 16),
-    "map_reference": _choice(*MAP_REFERENCES),
-    "training": _mapping,
-    "format": _choice(FORMAT),
-}
-"""One check per :class:`HeadConfig` field: ``None`` when the JSON value is valid, else what is wrong."""
+def _config_problem(error: ValidationError, values: Any) -> str:
+    """One sentence naming what is wrong with the head config ``values`` (JSON-decoded) and where."""
+    if error.validator == "additionalProperties":
+        return f"unknown head config keys {sorted(set(values) - set(error.schema['properties']))}"
+    if error.validator == "required":
+        return f"head config lacks keys {sorted(set(error.validator_value) - set(values))}"
+    if not error.absolute_path:
+        return f"head config must be a JSON object, got {type(values).__name__}"
+    name, *item = error.absolute_path
+    where = f"item {item[0]} " if item else ""
+    return f"head config field {name!r}: {where}{_requirement(error.schema)}, got {values[name]!r}"
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], config: HeadConfig) -> Path:

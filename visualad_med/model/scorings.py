@@ -1,4 +1,8 @@
-"""The names of the scorings and the defaults among them (no torch: the CLI reads them for ``--help``)."""
+"""The names of the run's model choices (heads, scorings) and the defaults among them (no torch: the CLI reads
+them for ``--help``)."""
+
+UNTRAINED = "untrained"
+"""The head choice (``--head``, the bundle's ``head`` key) for a fresh, untrained head."""
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
 """Scorings that compare an image with other images (a cohort or a reference bank)."""

