@@ -42,8 +42,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "visualad_med.evaluation/1"
 DEFAULT_RESIZE = "pad"
 """How evaluated images reach the model's square input: as volume slices do (aspect kept, padded), so the
-numbers are made the way the product runs (measured: polyp/skin pixel AUROC 79.3 squashed, 81.4 padded; LGG
-image AUROC 84.8 and 83.7, within the seed spread of 1.4); see :data:`~visualad_med.io.images.RESIZE_POLICIES`."""
+numbers are made the way the product runs; see :data:`~visualad_med.io.images.RESIZE_POLICIES`."""
 PROTOCOL = (
     "images letterboxed into S x S as volume slices are (longest side to S, padded; or squashed with --resize "
     "squash); maps at S x S against masks placed the same way (bilinear, binarised at 0.5), padding not scored; "

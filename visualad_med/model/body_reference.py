@@ -9,10 +9,7 @@ re-referenced to the median of the map over the image's body, the pixels
 brighter than :data:`BODY_LEVEL` of the image's brightest grey level (air and
 the black canvas around a scan are not body). An image with less than
 :data:`MIN_BODY_FRACTION` of body is referenced to its whole area.
-
-Measured on the dev sets (``benchmarks/zero_shot_table.py``) this lifts image
-AUROC on ``lgg_mvfa`` by about 20 points and leaves the polyp/skin pixel AUROC
-unchanged (photographs are nearly all body); see the model card.
+What it changes on the dev sets: the model card.
 """
 
 from __future__ import annotations

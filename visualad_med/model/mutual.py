@@ -9,12 +9,9 @@ per-image distances (MuSc's interval average: a lesion that also appears in a
 few other images is still scored by the images where it does not). No training,
 no text, no labels.
 
-Rare but normal anatomy (the top of the head in a set of brain slices) could
-look anomalous against the whole cohort. For 2D sets, measured on ``lgg_mvfa``
-with body-referenced maps, it does not: comparing each slice with every other
-slice gave image AUROC 79.4, with only its 32 most similar slices (by the mean
-last-layer token) 74.5, so a 2D image is compared with its ``neighbours`` most
-similar images with a default large enough to mean all of them in practice.
+A 2D image is compared with its ``neighbours`` most similar images (by the mean
+last-layer token), a default large enough to mean all of them in practice (why:
+the model card's cohort section).
 For volumes the slices of the *other* scans within a normalised position
 ``window`` are the candidates (see :func:`position_candidates`), never the
 same scan's neighbouring slices. A group of candidates that belong together
