@@ -197,3 +197,19 @@ def test_class_balanced_weights_draw_every_class_equally_often(tmp_path):
                               generator=torch.Generator().manual_seed(0))
     share = np.mean([classes[i] == "gadget" for i in draws.tolist()])
     assert abs(share - 0.5) < 0.02
+
+
+def test_cli_trains_the_dinov2_preset_at_448_with_lesion_like_anomalies(tmp_path):
+    """448 px: the S/14 patch grid is 32 x 32; the head records it and maps come back at 448 x 448."""
+    root = make_mvtec(tmp_path / "data")
+    code = main(["train", "--data", str(root), "--layout", "mvtec", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "2", "--calibration-images", "2", "--backbone", "dinov2-s14",
+                 "--backbone-weights", "random", "--image-size", "448", "--synthetic", "lesion",
+                 "--synthetic-probability", "1.0"])
+    assert code == 0
+    assert json.loads((tmp_path / "run/head.json").read_text())["image_size"] == 448
+    model = build_model("dinov2-s14", backbone_weights="random", image_size=448).load_head(tmp_path / "run/head.safetensors")
+    assert model.backbone.grid_for(448, 448) == (32, 32)
+    with torch.inference_mode():
+        out = model.eval()(torch.zeros(1, 3, 448, 448))
+    assert out["map"].shape == (1, 448, 448) and torch.isfinite(out["map"]).all()
