@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -109,8 +110,7 @@ def model_alone_seconds(model: nn.Module, batches: list[torch.Tensor], device: t
 def model_alone(model: nn.Module, scans: list[ScanSource], settings: RunSettings, device: torch.device) -> tuple:
     """``(slices, seconds)`` of the model alone on every slice the pipeline runs, scan by scan."""
     slices, seconds = 0, 0.0
-    inferer = SliceInferer(settings.planes, settings.batch_size, device=device, progress=False,
-                           precision=settings.precision)
+    inferer = SliceInferer(replace(settings, progress=False), device)
     for source in scans:
         scan = load_scan(source, window=settings.window)
         recorder = SliceRecorder(model)

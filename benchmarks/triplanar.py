@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from visualad_med import build_model, load_model
+from visualad_med.inference.settings import RunSettings
 from visualad_med.inference.slices import SliceInferer, slice_preprocessing
 from visualad_med.transforms import window_range
 from visualad_med.model.devices import resolve_device
@@ -93,7 +93,7 @@ def main() -> None:
     model.set_scoring(args.scoring)
     maps, seconds = {}, {}
     for plane in PLANES:
-        inferer = SliceInferer((plane,), args.batch_size, device=device, progress=False)
+        inferer = SliceInferer(RunSettings(planes=(plane,), batch_size=args.batch_size, progress=False), device)
         result = inferer(volume, model, slice_preprocessing(model.config, window_range("brain")))
         maps[plane] = result.anomaly[0].numpy()
         seconds[plane] = result.scores.seconds

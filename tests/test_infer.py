@@ -31,8 +31,8 @@ from monai.data.utils import orientation_ras_lps
 from sitk_checks import ATOL, assert_same_geometry, sitk_xyz
 
 from visualad_med.apps.cli import main
+from visualad_med.inference.settings import RunSettings
 from visualad_med.inference.slices import SliceInferer, scan_scores, slice_preprocessing
-from visualad_med.model.torch_model import VisualAD
 from visualad_med.model.visualad import build_model
 from visualad_med.io import DicomSeries, ScanSource, find_scans, load_scan
 from visualad_med.model.devices import native_bf16
@@ -403,10 +403,10 @@ def test_percentile_window_of_a_mostly_blank_volume_scales_min_to_max(caplog, br
     assert "coincide; scaling min..max (0..300)" in caplog.text
     assert window[:3] == ("percentile", 0.0, 300.0) and "not Hounsfield units" in window.reason
     model = build_model(tiny_vit(), image_size=32)
-    result = SliceInferer(progress=False)(image, model, slice_preprocessing(model.config, (window.low, window.high)))
+    result = SliceInferer(RunSettings(progress=False))(image, model, slice_preprocessing(model.config, (window.low, window.high)))
     np.testing.assert_allclose(result.anomaly[0].numpy(), volume[0].numpy() / 300.0, atol=1e-6)
     with pytest.raises(ValueError, match=r"planes must be distinct names .* got \['axial', 'axial'\]"):
-        SliceInferer(planes=("axial", "axial"))
+        SliceInferer(RunSettings(planes=("axial", "axial")))
 
 
 def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, monkeypatch):
@@ -470,17 +470,18 @@ def test_precision_is_chosen_recorded_and_barely_moves_the_map(tmp_path):
     assert auto == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
 
 
-def test_resume_compares_the_precision_the_inferer_ran_not_the_settings_default(tmp_path):
-    """The bundle passes its own inferer: its precision, not RunSettings.precision, is what a rerun compares."""
+def test_resume_compares_the_precision_that_ran_resolved_from_the_settings(tmp_path):
+    """The identity a rerun compares records the autocast that ran: ``auto`` resolved on the device."""
     from visualad_med.inference.folder import run_folder
-    from visualad_med.inference.settings import RunSettings
+    from visualad_med.model.devices import inference_precision
 
     write_nifti_scan(tmp_path / "in" / "scan.nii.gz", np.random.default_rng(4).normal(100, 20, (ROWS, COLUMNS, SLICES)),
                      np.eye(3))
     model = build_model(tiny_vit(), image_size=32)
-    settings = RunSettings(progress=False, precision="fp32")
-    run = run_folder(model, find_scans(tmp_path / "in"), tmp_path / "out", settings,
-                     inferer=SliceInferer(progress=False, precision="bf16"))
-    assert run.scans.succeeded == 1
-    report = json.loads((tmp_path / "out" / "scan_report.json").read_text())
-    assert report["identity"]["settings"]["precision"] == report["model"]["precision"] == "bf16"
+    for asked in ("bf16", "auto"):
+        run = run_folder(model, find_scans(tmp_path / "in"), tmp_path / asked, RunSettings(progress=False,
+                                                                                            precision=asked))
+        assert run.scans.succeeded == 1
+        report = json.loads((tmp_path / asked / "scan_report.json").read_text())
+        ran = inference_precision(torch.device("cpu"), asked)
+        assert report["identity"]["settings"]["precision"] == report["model"]["precision"] == ran != "auto"

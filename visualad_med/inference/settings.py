@@ -93,8 +93,7 @@ class RunSettings:
         from .slices import SliceInferer
 
         device = next(model.parameters()).device
-        return SliceInferer(self.planes, self.batch_size, device=device, skip_empty=self.skip_empty,
-                            progress=self.progress, precision=self.precision)
+        return SliceInferer(self, device)
 
     def mask_threshold(self, model: VisualAD) -> float:
         """The threshold on the map: these settings', else the model's calibrated one."""

@@ -135,49 +135,51 @@ class SliceInferer(Inferer):
     """Slice-wise inferer of a 2D anomaly model over a ``(1, X, Y, Z)`` volume.
 
     Args:
-        planes: ``axial``, ``coronal``, ``sagittal``; more than one averages the volumes.
-        batch_size: slices per model call.
-        slab_slices: slices prepared at a time (bounds memory).
+        settings: the run's settings (:class:`~visualad_med.inference.settings.RunSettings`): its planes (more
+            than one averages the volumes), batch size (slices per model call), ``skip_empty`` (leave out
+            slices without body: their map is 0, score ``None``), ``progress`` (a bar per plane) and
+            ``precision`` (autocast of the forward pass; ``auto``: bf16 where the device computes it
+            natively, else fp32 on the CPU, :func:`~visualad_med.model.devices.inference_precision`).
+            Default: ``RunSettings()``.
         device: where the model runs (inputs are moved there batch by batch).
-        skip_empty: leave out slices without body (their map is 0, score ``None``).
-        progress: show a progress bar per plane.
-        precision: autocast of the model's forward pass, ``auto``, ``fp32``, ``bf16`` or ``fp16``
-            (:func:`~visualad_med.model.devices.inference_precision`; ``auto``: bf16 where the device
-            computes it natively, else fp32 on the CPU).
+        slab_slices: slices prepared at a time (bounds memory).
 
-    A run builds it with :meth:`RunSettings.inferer <visualad_med.inference.settings.RunSettings.inferer>`; the
-    defaults are :class:`~visualad_med.inference.settings.RunSettings`'.
+    A run builds it with :meth:`RunSettings.inferer <visualad_med.inference.settings.RunSettings.inferer>`;
+    ``precision`` is the autocast that runs (``settings.precision`` resolved on ``device``).
 
     Call it with the volume, the network (anything with ``config`` that maps ``(B, 3, S, S)``
     images to ``{"map", "score"}``) and the scan's :data:`SlicePreprocessing`
     (:func:`slice_preprocessing`); it returns :class:`ScanMaps`.
 
     Raises:
-        ValueError: for no planes, an unknown or repeated plane, or sizes below 1.
+        SettingError: ``slab_slices`` below 1 (the settings check their own fields).
     """
 
-    def __init__(
-        self,
-        planes: tuple[str, ...] = RunSettings.planes,
-        batch_size: int = RunSettings.batch_size,
-        slab_slices: int = 64,
-        device: torch.device | str = "cpu",
-        skip_empty: bool = RunSettings.skip_empty,
-        progress: bool = RunSettings.progress,
-        precision: str = RunSettings.precision,
-    ) -> None:
+    def __init__(self, settings: RunSettings | None = None, device: torch.device | str = "cpu",
+                 slab_slices: int = 64) -> None:
         super().__init__()
-        check_planes(planes)
-        if batch_size < 1 or slab_slices < 1:
-            raise SettingError("batch_size", f"batch_size and slab_slices must be >= 1, got {batch_size} and "
-                               f"{slab_slices}")
-        self.planes = tuple(planes)
-        self.batch_size = batch_size
+        if slab_slices < 1:
+            raise SettingError("slab_slices", f"slab_slices must be >= 1, got {slab_slices}")
+        self.settings = RunSettings() if settings is None else settings
         self.slab_slices = slab_slices
         self.device = torch.device(device)
-        self.skip_empty = skip_empty
-        self.progress = progress
-        self.precision = inference_precision(self.device, precision)
+        self.precision = inference_precision(self.device, self.settings.precision)
+
+    @property
+    def planes(self) -> tuple[str, ...]:
+        return self.settings.planes
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    @property
+    def skip_empty(self) -> bool:
+        return self.settings.skip_empty
+
+    @property
+    def progress(self) -> bool:
+        return self.settings.progress
 
     def __call__(self, inputs: MetaTensor, network: VisualAD, preprocessing: SlicePreprocessing, *args,
                  **kwargs) -> ScanMaps:
