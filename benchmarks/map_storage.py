@@ -4,10 +4,12 @@ Takes a float32 map written by ``visualad-med infer --map-dtype float32`` (and i
 body) and writes it again per option: ``float32``, ``int16`` (NIfTI scl_slope/scl_inter over the
 map's range), and, for comparison only, both cropped to the body's bounding box (which moves the
 map off the scan's grid). float16 is not an option: NIfTI-1 has no half-float type (nibabel
-refuses it). For each: file size, write time (``write_nifti``, gzip), largest difference from the
-float32 map, whether SimpleITK (3D Slicer's reader, ITK's NiftiImageIO) decodes the same values
-with the same geometry, and how many voxels a mask taken from the stored map at ``--threshold``
-would differ by (the run's mask is always taken from the float32 map).
+refuses it). For each: file size, write time (``write_nifti``, gzip), the peak memory the write
+adds (a child process that loads the map and writes it, under ``/usr/bin/time -v``, minus one that
+only loads it), largest difference from the float32 map, whether SimpleITK (3D Slicer's reader,
+ITK's NiftiImageIO) decodes the same values with the same geometry, and how many voxels a mask
+taken from the stored map at ``--threshold`` would differ by (the run's mask is always taken from
+the float32 map).
 
     python benchmarks/map_storage.py SCAN ANOMALY_FLOAT32_NII --threshold T [--out DIR]
 """
@@ -16,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +48,34 @@ def body_box(scan: Path) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
+_WRITE = ("import sys; import numpy as np; from visualad_med.io.writers import write_nifti; "
+          "values = np.load(sys.argv[1]); "
+          "sys.argv[3] == 'none' or write_nifti(values, np.load(sys.argv[2]), sys.argv[4], float_dtype=sys.argv[3])")
+"""A child's work: load the map (``.npy``, its memory layout kept) and write it as ``argv[3]`` (``none``: only load)."""
+
+
+def peak_mib(values: Path, affine: Path, dtype: str, path: Path) -> float:
+    """Peak resident memory (MiB, ``/usr/bin/time -v``) of a child that loads ``values`` and writes ``dtype``."""
+    command = ["/usr/bin/time", "-v", sys.executable, "-c", _WRITE, str(values), str(affine), dtype, str(path)]
+    stderr = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1)) / 1024
+
+
+def write_peak_mib(values: np.ndarray, affine: np.ndarray, dtype: str, path: Path) -> float:
+    """The peak memory (MiB) that writing ``values`` as ``dtype`` adds to holding them, each in a fresh process."""
+    arrays = path.with_name(f"{path.name}.npy"), path.with_name(f"{path.name}.affine.npy")
+    np.save(arrays[0], values)
+    np.save(arrays[1], affine)
+    try:
+        return peak_mib(*arrays, dtype, path) - peak_mib(*arrays, "none", path)
+    finally:
+        for array in arrays:
+            array.unlink()
+
+
 def measure(values: np.ndarray, affine: np.ndarray, dtype: str, path: Path, threshold: float) -> dict:
-    """Write ``values`` as ``dtype``; size, time, error, SimpleITK read-back and mask change."""
+    """Write ``values`` as ``dtype``; size, time, added peak memory, error, SimpleITK read-back and mask change."""
+    extra_mib = write_peak_mib(values, affine, dtype, path)
     started = time.perf_counter()
     write_nifti(values, affine, path, float_dtype=dtype)
     seconds = time.perf_counter() - started
@@ -55,6 +86,7 @@ def measure(values: np.ndarray, affine: np.ndarray, dtype: str, path: Path, thre
     spacing = np.linalg.norm(lps, axis=0)
     return {
         "option": dtype, "megabytes": round(path.stat().st_size / 1e6, 1), "write_s": round(seconds, 2),
+        "write_peak_extra_mib": round(extra_mib, 1),
         "max_abs_error": float(np.abs(read - values).max()),
         "itk_pixel_type": image.GetPixelIDTypeAsString(),
         "itk_max_abs_difference_from_nibabel": float(np.abs(by_itk - read).max()),

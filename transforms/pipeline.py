@@ -3,7 +3,10 @@
 ``SlicePipeline.forward`` composes, in this order: MONAI's ``ScaleIntensityRange`` on the whole
 volume (the window resolved once per volume, :py:func:`resolve_intensity_window`), :py:class:`VolumeToSlices`, :py:func:`has_body`, :py:class:`ResizeLongestPad`,
 :py:class:`GreyToRGB`, :py:class:`NormalizeChannels`. ``SlicePipeline.inverse`` undoes the two
-spatial steps through MONAI's trace (``applied_operations``), kept in :py:class:`SliceInfo`.
+spatial steps with MONAI's ``Compose.inverse`` of them, from their trace (``applied_operations``)
+kept in :py:class:`SliceInfo`. The forward steps are called one by one, not through ``Compose``:
+:py:func:`has_body` runs between slicing and resizing, and ``Compose`` would re-raise a step's
+error as ``RuntimeError("applying transform ...")``, hiding its message.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.transforms import ScaleIntensityRange
+from monai.transforms import Compose, ScaleIntensityRange
 from monai.utils import TraceKeys, convert_to_tensor
 
 from .channels import GreyToRGB, NormalizeChannels
@@ -99,6 +102,7 @@ class SlicePipeline:
         self.resizer = ResizeLongestPad(image_size, mode)
         self.to_rgb = GreyToRGB(channel_dim=1)
         self.normalizer = NormalizeChannels(mean, std, channel_dim=1)
+        self.spatial = Compose([self.slicer, self.resizer])
 
     @property
     def blank(self) -> bool:
@@ -127,7 +131,7 @@ class SlicePipeline:
         if volume.ndim != 4 or volume.shape[0] != 1:
             raise ValueError(f"expected a single-channel volume (1, X, Y, Z), got shape {tuple(volume.shape)}.")
         slices = self.slicer(self.windowing(volume))
-        layout = slices.applied_operations[-1][TraceKeys.EXTRA_INFO]
+        layout = self.slicer.get_most_recent_transform(slices)[TraceKeys.EXTRA_INFO]
         axis, reversed_ = layout["perm"][0], layout["flip"][0]
         count = slices.shape[0]
         indices = torch.arange(count - 1, -1, -1) if reversed_ else torch.arange(count)
@@ -154,12 +158,12 @@ class SlicePipeline:
             ValueError: if ``maps`` is not ``(S, image_size, image_size)`` for the ``S`` of ``info``.
         """
         maps = convert_to_tensor(maps, dtype=torch.float32, track_meta=False)
-        if maps.ndim != 3:
-            raise ValueError(
-                f"expected maps (S, {self.image_size}, {self.image_size}), got shape {tuple(maps.shape)}."
-            )
+        expected = (len(info.indices), self.image_size, self.image_size)
+        if tuple(maps.shape) != expected:
+            raise ValueError(f"expected maps (S, {self.image_size}, {self.image_size}) = {expected}, "
+                             f"got shape {tuple(maps.shape)}.")
         traced = MetaTensor(maps.unsqueeze(1), meta=dict(info.meta), applied_operations=deepcopy(info.operations))
-        return self.slicer.inverse(self.resizer.inverse(traced))[0]
+        return self.spatial.inverse(traced)[0]
 
 
 def slice_pipeline(

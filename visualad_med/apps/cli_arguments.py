@@ -213,8 +213,8 @@ def _add_infer(commands: argparse._SubParsersAction) -> None:
     _add_volume_arguments(infer, "", "mask threshold on the map (default: the head's calibrated threshold)")
     infer.add_argument("--map-dtype", default=RunSettings.map_dtype,  # checked by RunSettings
                        help="how the anomaly map is stored: int16 (default) with NIfTI scl_slope/scl_inter over the "
-                       "map's range, every value within half a step ((max - min) / 65534) of the float32 map: 78 MB "
-                       "for a 512 x 562 x 239 head CT (104 MB with --precision fp32); float32: exact, 151 MB (231 MB). "
+                       "map's range, every value within about half a step ((max - min) / 65535) of the float32 map: "
+                       "80 MB for a 512 x 562 x 239 head CT (104 MB with --precision fp32); float32: exact, 151 MB (231 MB). "
                        "The mask and scores are computed from "
                        "the float32 map either way")
     infer.add_argument("--no-preview", action="store_true",

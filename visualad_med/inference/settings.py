@@ -42,7 +42,7 @@ class RunSettings:
         precision: autocast of the model (``auto``: bf16 where the device computes it natively, else
             fp32 on the CPU; :func:`~visualad_med.model.devices.inference_precision`).
         map_dtype: how the anomaly map file stores values (:data:`~visualad_med.io.writers.MAP_DTYPES`):
-            ``int16`` (default: NIfTI scale over the map's range, within half a step of float32,
+            ``int16`` (default: NIfTI scale over the map's range, about half a step of float32,
             less than half the size) or ``float32``. The mask and scores always come from the
             float32 map in memory.
         preview: write a quick-look PNG per scan and the run's ``index.html``.

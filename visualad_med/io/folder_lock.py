@@ -7,6 +7,9 @@ done (one left by a killed run means nothing unlocked). Under ``torchrun`` the r
 share the folder: each holds the folder lock shared (left in place) and its own
 ``.visualad_med.rank<r>.lock`` exclusively, so a plain run and a distributed one, or two
 distributed ones, still exclude each other.
+
+Not ``filelock``: its ``FileLock`` is exclusive only (a run's second rank is refused), and its
+shareable ``ReadWriteLock`` is an SQLite database that cannot also hold the holder's name.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
-"""Heat-map overlays of anomaly maps on images, saved as PNG."""
+"""Heat-map overlays of anomaly maps on images, saved as PNG.
+
+The colour-mapped map is blended onto the image by MONAI's ``blend_images``, a band of rows at a time
+(:data:`_CHUNK_PIXELS`); the mask outline, which ``blend_images`` does not draw, is drawn on top.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import scipy.ndimage
+from monai.visualize import blend_images
 from PIL import Image
 
 from .atomic import atomic_path
@@ -14,7 +18,7 @@ from .atomic import atomic_path
 COLORMAP = "jet"
 
 _CHUNK_PIXELS = 1 << 20
-"""Pixels blended at a time: the colour map's float64 temporaries (about 100 bytes a pixel) stay at ~100 MB."""
+"""Pixels blended at a time: the temporaries of ``blend_images`` (about 72 bytes a pixel) stay at ~75 MB."""
 
 
 def heat_overlay(
@@ -50,12 +54,13 @@ def heat_overlay(
 
 
 def _blend(image: np.ndarray, anomaly_map: np.ndarray, value_range: tuple[float, float], alpha: float) -> np.ndarray:
-    """:func:`heat_overlay` without the outline, on a band of rows (its float64 temporaries stay small)."""
+    """:func:`heat_overlay` without the outline, on a band of rows: ``(h, W, 3)`` uint8 RGB."""
     low, high = value_range
     scaled = np.clip((anomaly_map - low) / max(high - low, 1e-12), 0, 1)
-    heat = matplotlib.colormaps[COLORMAP](scaled)[..., :3] * 255
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
-    return blended.round().astype(np.uint8)
+    channels_first = np.moveaxis(image, -1, 0).astype(np.float32) / 255
+    blended = blend_images(channels_first, scaled[None], alpha=alpha, cmap=COLORMAP, rescale_arrays=False,
+                           transparent_background=False)
+    return (np.moveaxis(blended, 0, -1) * 255).round().astype(np.uint8)
 
 
 def save_png(array: np.ndarray, path: Path) -> Path:

@@ -23,7 +23,6 @@ from isal import igzip
 from monai.data.utils import orientation_ras_lps
 
 from .atomic import atomic_path
-from .quantise import quantise_int16
 
 __all__ = ["ANOMALY_COLOR", "MAP_DTYPES", "write_json", "write_nifti", "write_seg_nrrd", "write_summary_csv"]
 
@@ -33,7 +32,7 @@ SOFTWARE = "visualad_med"
 """The software that writes the outputs, as DICOM and NRRD headers name it."""
 
 MAP_DTYPES = ("float32", "int16")
-"""How :func:`write_nifti` stores a floating volume: float32, or int16 with a NIfTI scale (lossy by half a step)."""
+"""How :func:`write_nifti` stores a floating volume: float32, or int16 with a NIfTI scale (lossy by ~half a step)."""
 
 GZIP_LEVEL = 2
 """ISA-L's compression level for ``.nii.gz`` (0-3): as fast as its level 1 on anomaly maps, and smaller."""
@@ -47,9 +46,10 @@ def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
     """Write an ``(X, Y, Z)`` volume as NIfTI (``.nii`` or ``.nii.gz``) with nibabel.
 
     Floating volumes (anomaly maps) are stored as ``float_dtype``: ``float32``, or ``int16``
-    with ``scl_slope`` and ``scl_inter`` over the volume's range (every value within half a step,
-    ``(max - min) / 65534``, of the float32 one; :func:`~visualad_med.io.quantise.quantise_int16`),
-    which nibabel and ITK (SimpleITK, 3D Slicer) decode on reading. Boolean and integer volumes
+    with ``scl_slope`` and ``scl_inter`` over the volume's range, chosen and applied by nibabel as
+    it writes (a step of ``(max - min) / 65535``; every value within half a step, plus the float32
+    rounding of the header's scale, of the float32 one), which nibabel and ITK (SimpleITK,
+    3D Slicer) decode on reading. NIfTI-1 has no float16 type. Boolean and integer volumes
     (masks, labelmaps) are stored as uint8. The affine goes into both sform and qform (code 1,
     scanner); spatial units are mm (``xyzt_units``). A ``.nii.gz`` is compressed by ISA-L
     (``isal.igzip``, :data:`GZIP_LEVEL`): a standard gzip stream, seven times faster than the
@@ -65,6 +65,10 @@ def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
 
     Returns:
         ``path``.
+
+    Raises:
+        ValueError: for a bad path, ``float_dtype`` or affine, or a NaN or infinite value in a
+            floating volume stored as int16 (nibabel would store NaN as 0 and clip infinities).
     """
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
@@ -73,16 +77,15 @@ def write_nifti(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Te
         raise ValueError(f"float_dtype must be one of {MAP_DTYPES}, got {float_dtype!r}.")
     array = spatial_volume(volume)
     affine = affine_matrix(affine)
-    scale = None
+    stored = None
     if array.dtype.kind == "f" and float_dtype == "int16":
-        array, *scale = quantise_int16(array)
+        _check_finite(array)
+        stored = np.int16  # nibabel scales the values onto int16 as it writes them, a block at a time
     elif array.dtype.kind == "f":
         array = array.astype(np.float32, copy=False)
     else:
         array = _labels(array)
-    image = nib.Nifti1Image(array, affine)
-    if scale is not None:
-        image.header.set_slope_inter(*scale)
+    image = nib.Nifti1Image(array, affine, dtype=stored)
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     image.header.set_xyzt_units(xyz="mm")
@@ -216,6 +219,13 @@ def affine_matrix(affine: np.ndarray | torch.Tensor) -> np.ndarray:
 def check_color(color: Sequence[float]) -> None:
     if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
         raise ValueError(f"color must be three values in [0, 1], got {color}.")
+
+
+def _check_finite(array: np.ndarray) -> None:
+    """Raise ValueError unless ``array`` is non-empty and finite (its minimum and maximum are)."""
+    if not array.size or not (np.isfinite(array.min()) and np.isfinite(array.max())):
+        raise ValueError(f"only a non-empty finite map can be stored as int16, got shape {array.shape} with "
+                         f"{int(array.size - np.isfinite(array).sum())} non-finite values")
 
 
 def _labels(array: np.ndarray) -> np.ndarray:
