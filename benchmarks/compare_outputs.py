@@ -7,7 +7,7 @@ Compares every file the two folders hold, by kind:
 - ``.nii.gz``: the decompressed bytes (header and voxels; gzip's own timestamp left out);
 - ``.seg.nrrd`` and other files: the bytes;
 - ``.dcm``: every DICOM element except UIDs, dates, times and the content creator's clock;
-- ``_report.json``: every key except the timings (``seconds``);
+- ``_report.json``: every key except the timings (``seconds``), the output folder's path read as ``OUTPUT``;
 - ``summary.csv``: every column except ``seconds``.
 
 Prints one line per file (``same`` or what differs) and exits 1 if anything differs.
@@ -46,8 +46,9 @@ def _dicom_elements(path: Path) -> dict:
     return flatten(pydicom.dcmread(path))
 
 
-def _report(path: Path) -> dict:
-    report = json.loads(path.read_text(encoding="utf-8"))
+def _report(path: Path, folder: Path) -> dict:
+    """The report without its timings, its output folder's path (a cohort's feature store) written ``OUTPUT``."""
+    report = json.loads(path.read_text(encoding="utf-8").replace(json.dumps(str(folder))[1:-1], "OUTPUT"))
     report.pop("seconds", None)
     return report
 
@@ -57,8 +58,8 @@ def _summary(path: Path) -> list[dict]:
         return [{key: value for key, value in row.items() if key != "seconds"} for row in csv.DictReader(handle)]
 
 
-def difference(before: Path, after: Path) -> str | None:
-    """``None`` when the two files hold the same outputs, else what differs."""
+def difference(before: Path, after: Path, folders: tuple[Path, Path] = (Path("."), Path("."))) -> str | None:
+    """``None`` when the two files hold the same outputs, else what differs (``folders``: the two output folders)."""
     name = before.name
     if name.endswith(".nii.gz"):
         same = gzip.decompress(before.read_bytes()) == gzip.decompress(after.read_bytes())
@@ -67,7 +68,7 @@ def difference(before: Path, after: Path) -> str | None:
         changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
         return f"DICOM elements differ: {changed[:8]}" if changed else None
     elif name.endswith("_report.json"):
-        old, new = _report(before), _report(after)
+        old, new = _report(before, folders[0]), _report(after, folders[1])
         changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
         return f"report keys differ: {changed}" if changed else None
     elif name == "summary.csv":
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{relative}: only in {'after' if relative in new else 'before'}")
             failures += 1
             continue
-        problem = difference(args.before / relative, args.after / relative)
+        problem = difference(args.before / relative, args.after / relative, (args.before, args.after))
         print(f"{relative}: {problem or 'same'}")
         failures += problem is not None
     print(f"{len(old | new) - failures} of {len(old | new)} files the same")
