@@ -58,7 +58,7 @@ def _summary(path: Path) -> list[dict]:
         return [{key: value for key, value in row.items() if key != "seconds"} for row in csv.DictReader(handle)]
 
 
-def difference(before: Path, after: Path, folders: tuple[Path, Path] = (Path("."), Path("."))) -> str | None:
+def difference(before: Path, after: Path, folders: tuple[Path, Path]) -> str | None:
     """``None`` when the two files hold the same outputs, else what differs (``folders``: the two output folders)."""
     name = before.name
     if name.endswith(".nii.gz"):
