@@ -87,7 +87,7 @@ class SliceRecorder(nn.Module):
         self.config = model.config
         self.batches: list[torch.Tensor] = []
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, settings=None) -> dict[str, torch.Tensor]:
         self.batches.append(images.cpu().clone())
         size = self.config.image_size
         return {"map": torch.zeros(images.shape[0], size, size), "score": torch.zeros(images.shape[0])}

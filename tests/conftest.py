@@ -42,7 +42,7 @@ def shared_dir() -> Path:
 def brightness_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every model's map the windowed brightness of its input (channel 0, normalisation undone)."""
 
-    def forward(self: VisualAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self: VisualAD, images: torch.Tensor, settings=None) -> dict[str, torch.Tensor]:
         maps = images[:, 0] * self.config.std[0] + self.config.mean[0]
         return {"map": maps, "score": maps.flatten(1).amax(1)}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from visualad_med.model.body_reference import MAP_REFERENCES
-from visualad_med.model.checkpoint import FORMAT, HEAD_CONFIG_SCHEMA, SCORINGS, HeadCheckpointError, HeadConfig
+from visualad_med.model.checkpoint import FORMAT, HEAD_CONFIG_SCHEMA, HeadCheckpointError, HeadConfig
+from visualad_med.model.scorings import MAP_REFERENCES, SCORINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = HeadConfig(backbone="vit_tiny_patch16_224", weights_sha256=None, embed_dim=192, depth=12, patch_size=16,

@@ -55,7 +55,7 @@ def scan_with_air(path: Path, seed: int = 0, blob: float = 150.0) -> Path:
 def centred_brightness_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every model's map is ``2 * brightness - 1``: air at -1 (below the 0 of slices not run), tissue about 0."""
 
-    def forward(self: VisualAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self: VisualAD, images: torch.Tensor, settings=None) -> dict[str, torch.Tensor]:
         maps = 2 * (images[:, 0] * self.config.std[0] + self.config.mean[0]) - 1
         return {"map": maps, "score": maps.flatten(1).amax(1)}
 

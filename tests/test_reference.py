@@ -54,7 +54,7 @@ def test_model_map_and_score_follow_the_map_reference(tmp_path):
     torch.testing.assert_close(referenced["score"], top_fraction_mean(referenced["map"]))
     torch.testing.assert_close(referenced["map_raw"], raw["map_raw"])
     assert not torch.allclose(referenced["map"], raw["map"])
-    assert model.map_bound == 2 * 2 * len(model.taps)
+    assert model.map_bound() == 2 * 2 * len(model.taps)
     loaded = build_model(tiny_vit(), image_size=64).load_head(model.save_head(tmp_path / "h.safetensors"))
     assert loaded.config.map_reference == "body"
     with pytest.raises(ValueError, match="valid: none, body"):

@@ -44,7 +44,7 @@ def test_scorings_compose_as_documented():
     prefix = model.backbone.num_prefix_tokens
     expected = sum(self_similarity_scores(tapped[layer][:, prefix:]) for layer in (2, 3)).reshape(2, 4, 4)
     torch.testing.assert_close(selfsim, upsample_scores(expected, (64, 64)))
-    assert model.map_bound == 2 * 4 + 0.5 * 2 * 2
+    assert model.map_bound() == 2 * 4 + 0.5 * 2 * 2
 
 
 def test_scoring_survives_the_head_round_trip(tmp_path):

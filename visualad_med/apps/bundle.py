@@ -43,6 +43,7 @@ from visualad_med.model.cohort import CohortSettings
 from visualad_med.model.devices import resolve_device as _resolve_device
 from visualad_med.model.for_run import model_for_run
 from visualad_med.model.img_focus import cache_dir
+from visualad_med.model.map_settings import MapSettings
 from visualad_med.model.scorings import UNTRAINED
 from visualad_med.model.visualad import VisualAD
 from visualad_med.model.weights import BackboneWeightsError
@@ -102,8 +103,12 @@ def as_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
 
 def run_settings(planes: str | Sequence[str] | None = None, window: str | Sequence[float] | None = None,
                  batch_size: int | None = None, precision: str | None = None, threshold: float | None = None,
-                 overwrite: bool = False, progress: bool = True) -> RunSettings:
+                 overwrite: bool = False, progress: bool = True,
+                 map_settings: MapSettings | None = None) -> RunSettings:
     """The run's :class:`~visualad_med.inference.settings.RunSettings` from the config's keys; ``None``: the default.
+
+    ``map_settings`` are the network's (:attr:`VisualADMapNet.map_settings`: the ``scoring`` and
+    ``map_reference`` keys over the head's).
 
     Raises:
         BundleConfigError: naming the key of a value that cannot work.
@@ -112,7 +117,7 @@ def run_settings(planes: str | Sequence[str] | None = None, window: str | Sequen
              "window": None if window is None else as_window(window),
              "batch_size": batch_size, "precision": precision}
     try:
-        return RunSettings(threshold=threshold, overwrite=overwrite, progress=progress,
+        return RunSettings(threshold=threshold, overwrite=overwrite, progress=progress, map=map_settings,
                            **{key: value for key, value in given.items() if value is not None})
     except SettingError as error:
         raise config_error(error, "batch_size") from None
@@ -134,14 +139,16 @@ class VisualADMapNet(nn.Module):
 
     The map is the model's smoothed ``map`` (sum over tap layers of ``cos(SAF(p), a') -
     cos(SAF(p), n')``); :attr:`model` is the :class:`~visualad_med.model.visualad.VisualAD` inside, which
-    the slice inferer runs. ``head_path`` is the head file it was loaded from (``None``: untrained).
+    the slice inferer runs. ``head_path`` is the head file it was loaded from (``None``: untrained);
+    ``map_settings`` the run's scoring and map reference (default the head's), passed with every call.
     """
 
-    def __init__(self, model: VisualAD, head_path: Path | None = None):
+    def __init__(self, model: VisualAD, head_path: Path | None = None, map_settings: MapSettings | None = None):
         super().__init__()
         self.model = model
         self.head_path = head_path
         self.head_sha256 = file_sha256(head_path) if head_path else None
+        self.map_settings = model.settings if map_settings is None else map_settings
 
     @property
     def config(self):
@@ -153,7 +160,7 @@ class VisualADMapNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> ``(B, 1, H, W)`` float anomaly map."""
-        return self.model(images)["map"].unsqueeze(1)
+        return self.model(images, settings=self.map_settings)["map"].unsqueeze(1)
 
 
 def unwrap(network: nn.Module) -> VisualAD:
@@ -227,11 +234,11 @@ def build_network(
     """
     path = head_file(head, bundle_root)
     try:
-        model = model_for_run(path, backbone=backbone, backbone_weights=backbone_weights, image_size=image_size,
-                              scoring=scoring, map_reference=map_reference)
+        model = model_for_run(path, backbone=backbone, backbone_weights=backbone_weights, image_size=image_size)
+        chosen = model.settings.for_run(scoring, map_reference)
     except (ValueError, TypeError, BackboneWeightsError) as error:
         raise model_error(error) from None
-    return VisualADMapNet(model.eval(), path)
+    return VisualADMapNet(model.eval(), path, chosen)
 
 
 def cohort_settings(network: nn.Module, scoring: str | None, reference_dir: str | None,

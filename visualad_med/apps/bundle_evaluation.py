@@ -97,7 +97,8 @@ class LabelledSetEvaluator:
             results = evaluate(unwrap(self.network), Path(self.dataset_dir), self.layout, Path(self.output_dir),
                                split=self.split, classes=self.classes, batch_size=self.batch_size,
                                overlays=self.overlays, device=resolve_device(self.device), num_workers=self.workers,
-                               head=getattr(self.network, "head_path", None), command=command_line().split(" "))
+                               head=getattr(self.network, "head_path", None), command=command_line().split(" "),
+                               map_settings=getattr(self.network, "map_settings", None))
         except ValueError as error:
             key = "batch_size" if getattr(error, "setting", None) == "batch_size" else "dataset_dir"
             raise BundleConfigError(key, f"{error}; set --{key}") from None

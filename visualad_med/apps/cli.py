@@ -72,8 +72,12 @@ def load_cli_model(args: argparse.Namespace):
     from visualad_med.model.for_run import model_for_run
 
     return model_for_run(head_path(args), backbone=args.backbone, backbone_weights=args.backbone_weights,
-                         image_size=args.image_size, map_reference=args.map_reference,
-                         scoring=None if args.scoring in COHORT_SCORINGS else args.scoring)
+                         image_size=args.image_size)
+
+
+def map_settings(args: argparse.Namespace, model):
+    """The run's map settings: the head's, with ``--scoring`` (one image's: not a cohort's) and ``--map-reference``."""
+    return model.settings.for_run(None if args.scoring in COHORT_SCORINGS else args.scoring, args.map_reference)
 
 
 def _run_settings(args: argparse.Namespace, **options):
@@ -99,7 +103,8 @@ def _infer(args: argparse.Namespace) -> int:
 
     scans = find_folder_scans(Path(args.input), Path(args.output), args.output_inside_input)
     model = load_cli_model(args).to(resolve_device(args.device))
-    settings = _run_settings(args, overwrite=args.overwrite, map_dtype=args.map_dtype, preview=not args.no_preview)
+    settings = _run_settings(args, overwrite=args.overwrite, map_dtype=args.map_dtype, preview=not args.no_preview,
+                             map=map_settings(args, model))
     run = run_folder(model, scans, Path(args.output), settings, head_sha256=_head_sha256(args),
                      cohort=cohort_settings(args, model, Path(args.output), settings), where=args.input)
     print(_where_results_are(run.scans, Path(args.output)))
@@ -136,7 +141,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.scoring = DEFAULT_IMAGE_SCORING
     cohort = cohort_settings(args, model, Path(args.out))
     succeeded, failed = predict_files(model, [Path(p) for p in args.images], Path(args.out),
-                                      resolve_device(args.device), cohort)
+                                      resolve_device(args.device), cohort, map_settings(args, model))
     logger.info("%d images succeeded, %d failed; results in %s", succeeded, failed, args.out)
     return 1 if failed else 0
 
@@ -183,8 +188,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     _refuse_cohort(args, "calibrate")
     device = resolve_device(args.device)
     model = load_cli_model(args).to(device)
-    if args.selfsim_weight is not None:
-        model.set_scoring(model.settings.scoring, weight=args.selfsim_weight)
+    chosen = map_settings(args, model)  # calibration's product: the head's own settings, saved with it
+    model.set_scoring(chosen.scoring, weight=args.selfsim_weight).set_map_reference(chosen.map_reference)
     config = model.config
     dataset = build_dataset(args.layout, args.data, config.image_size, config.mean, config.std, split=args.split)
     model.set_threshold(calibrate_threshold(model, dataset, device, args.batch_size, args.calibration_images))
@@ -225,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                        num_workers=args.workers, head=head_path(args), command=args.command_line,
                        extra_timings={"model_load_s": time.perf_counter() - started},
                        cohort=cohort_settings(args, model, Path(args.out), resize=args.resize or DEFAULT_RESIZE),
-                       resize=args.resize or DEFAULT_RESIZE)
+                       resize=args.resize or DEFAULT_RESIZE, map_settings=map_settings(args, model))
     logger.info("results:\n%s", markdown_table(results))
     return 0
 
@@ -237,7 +242,7 @@ def _evaluate_volumes(args: argparse.Namespace) -> int:
 
     pairs = labelled_volumes(args.data, args.labels, args.split)
     model = load_cli_model(args).to(resolve_device(args.device))
-    settings = _run_settings(args, overwrite=True)
+    settings = _run_settings(args, overwrite=True, map=map_settings(args, model))
     results = evaluate_volumes(model, pairs, Path(args.out), settings, data=str(args.data), head=head_path(args),
                                command=args.command_line, cohort=cohort_settings(args, model, Path(args.out), settings))
     pooled = results["pooled"]

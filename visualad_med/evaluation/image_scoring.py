@@ -21,6 +21,7 @@ from tqdm import tqdm
 from visualad_med.datasets import AnomalyDataset, collate_skip_invalid
 from visualad_med.model.cohort import CohortSettings, fuse_patch_scores, head_patch_scores, image_cohort_scores
 from visualad_med.model.cohort import patch_maps
+from visualad_med.model.map_settings import MapSettings
 from .pixel_metrics import PixelMetricAccumulator
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
 from visualad_med.model.mutual import global_descriptors, rescore_neighbourhood, stack_features
@@ -99,24 +100,25 @@ def _run(
     batch_size: int,
     num_workers: int,
     overlay_paths: set[str],
+    map_settings: MapSettings,
     cohort: CohortSettings | None = None,
 ) -> dict[str, _ClassTally]:
-    """Run the model over the data set, feeding each class's metrics batch by batch (or, with ``cohort``,
-    once every image of the set has been seen, :func:`_score_cohort`)."""
+    """Run the model over the data set with the run's ``map_settings``, feeding each class's metrics batch by
+    batch (or, with ``cohort``, once every image of the set has been seen, :func:`_score_cohort`)."""
     tallies = {name: _ClassTally() for name in dataset.classes}
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_skip_invalid
     )
     model.to(device).eval()
     if cohort is not None:
-        return _score_cohort(model, dataset, loader, device, tallies, overlay_paths, cohort)
+        return _score_cohort(model, dataset, loader, device, tallies, overlay_paths, cohort, map_settings.map_reference)
     with tqdm(total=len(dataset), desc="evaluate", unit="img") as bar:
         for batch in loader:
             bar.update(min(batch_size, len(dataset) - bar.n))
             if batch is None:
                 continue
             with torch.inference_mode(), autocast(device):
-                outputs = model(batch["image"].to(device))
+                outputs = model(batch["image"].to(device), settings=map_settings)
             maps = outputs["map"].float().cpu().numpy()
             _feed(tallies, batch, maps, outputs["score"].float().cpu().numpy(), overlay_paths, dataset)
     return tallies
@@ -130,9 +132,10 @@ def _score_cohort(
     tallies: dict[str, _ClassTally],
     overlay_paths: set[str],
     cohort: CohortSettings,
+    map_reference: str,
 ) -> dict[str, _ClassTally]:
     """Cohort scoring: the model over the whole set first, then each class's images scored against each other
-    (or against the reference bank).
+    (or against the reference bank); maps referenced as ``map_reference`` (the run's) says.
 
     Holds the evaluated set (images, head patch scores and patch features in half precision) in memory.
     """
@@ -156,11 +159,12 @@ def _score_cohort(
         if rows.numel():
             compared = image_cohort_scores(stacked[rows], cohort, model, dataset.resize)
             fused[rows] = fuse_patch_scores(cohort.scoring, head[rows], compared)
-    rescored = _rescored(model, fused, stacked, classes, batches, dataset.classes, cohort) if cohort.rescore else None
+    rescored = (_rescored(model, fused, stacked, classes, batches, dataset.classes, cohort, map_reference)
+                if cohort.rescore else None)
     start = 0
     for batch in batches:
         count = len(batch["path"])
-        maps = patch_maps(model, fused[start:start + count], batch["image"])
+        maps = patch_maps(model, fused[start:start + count], batch["image"], map_reference)
         scores = top_fraction_mean(maps) if rescored is None else rescored[start:start + count]
         _feed(tallies, batch, maps.numpy(), scores.numpy(), overlay_paths, dataset)
         start += count
@@ -168,10 +172,10 @@ def _score_cohort(
 
 
 def _rescored(model: VisualAD, fused: torch.Tensor, features: torch.Tensor, classes: np.ndarray, batches: list,
-              class_names: list[str], cohort: CohortSettings) -> torch.Tensor:
+              class_names: list[str], cohort: CohortSettings, map_reference: str) -> torch.Tensor:
     """``(M,)`` image scores of the whole set re-scored per class over look-alike images
     (:func:`~visualad_med.model.mutual.rescore_neighbourhood`); needs every image's score first."""
-    scores = torch.cat([top_fraction_mean(patch_maps(model, rows, batch["image"]))
+    scores = torch.cat([top_fraction_mean(patch_maps(model, rows, batch["image"], map_reference))
                         for rows, batch in zip(fused.split([len(b["path"]) for b in batches]), batches)])
     descriptors = global_descriptors(features)
     for class_name in class_names:

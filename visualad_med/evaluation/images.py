@@ -30,6 +30,7 @@ import torch
 from visualad_med.datasets import AnomalyDataset, build_dataset
 from visualad_med.errors import SettingError
 from visualad_med.model.cohort import CohortSettings
+from visualad_med.model.map_settings import MapSettings
 from .image_scoring import _ClassTally, _run
 from .metrics import CurvePoints
 from visualad_med.model.torch_model import VisualAD
@@ -136,8 +137,12 @@ def _run_record(
     cohort: CohortSettings | None,
     command: Sequence[str] | None,
     device: torch.device,
+    map_settings: MapSettings,
 ) -> dict[str, Any]:
-    """What ``results.json`` records before the classes: format, protocol, data, model, cohort, command, environment."""
+    """What ``results.json`` records before the classes: format, protocol, data, model (its config with the run's
+    scoring and map reference), cohort, command, environment."""
+    chosen = {"scoring": map_settings.scoring, "selfsim_weight": map_settings.selfsim_weight,
+              "map_reference": map_settings.map_reference}
     given_dataset = isinstance(data, AnomalyDataset)
     return {
         "format": FORMAT,
@@ -147,7 +152,7 @@ def _run_record(
         "data": {"root": None if given_dataset else str(data), "name": dataset.name,
                  "layout": None if given_dataset else layout, "split": None if given_dataset else split,
                  "classes": dataset.classes},
-        "model": {**_head_identity(model, head), "config": dataclasses.asdict(model.config)},
+        "model": {**_head_identity(model, head), "config": {**dataclasses.asdict(model.config), **chosen}},
         "cohort": None if cohort is None else cohort.describe(model),
         "command": None if command is None else list(command),
         "environment": _environment(device),
@@ -175,7 +180,7 @@ def evaluate(
     split: str = "test", classes: Iterable[str] | None = None, batch_size: int = 8, overlays: int = 8,
     device: str | torch.device = "auto", num_workers: int = 0, head: str | Path | None = None,
     command: Sequence[str] | None = None, extra_timings: Mapping[str, float] | None = None,
-    cohort: CohortSettings | None = None, resize: str = DEFAULT_RESIZE,
+    cohort: CohortSettings | None = None, resize: str = DEFAULT_RESIZE, map_settings: MapSettings | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model zero-shot on a labelled 2D data set and write the results.
 
@@ -210,6 +215,8 @@ def evaluate(
             scores each image alone with the model.
         resize: how a data root's images reach ``S x S``: ``squash`` or ``pad`` (aspect kept and padded,
             as volume slices are; the padding is left out of the pixel metrics).
+        map_settings: the run's scoring and map reference (``model.settings.for_run(...)``); default the
+            model's own.
 
     Returns:
         The results as written to ``results.json`` (with NaN where the file has null).
@@ -229,7 +236,9 @@ def evaluate(
     problems = _mask_problems(dataset, masked)
     loaded = time.perf_counter()
 
-    tallies = _run(model, dataset, device, batch_size, num_workers, _overlay_choice(dataset, overlays), cohort)
+    map_settings = map_settings or model.settings
+    tallies = _run(model, dataset, device, batch_size, num_workers, _overlay_choice(dataset, overlays), map_settings,
+                   cohort)
     if not any(tally.scores for tally in tallies.values()):
         raise ValueError(f"no readable image in {dataset.name}: all {len(dataset)} files failed to load")
     inferred = time.perf_counter()
@@ -239,7 +248,7 @@ def evaluate(
 
     files = _write_files(rows, curves, tallies, out_dir)
     evaluated = sum(len(t.scores) for t in tallies.values())
-    results = {**_run_record(model, data, layout, split, dataset, head, cohort, command, device),
+    results = {**_run_record(model, data, layout, split, dataset, head, cohort, command, device, map_settings),
                "classes": rows, "mean": _mean_result(rows)}
     finished = time.perf_counter()
     results["timings"] = _timings(extra_timings, started, loaded, inferred, measured, finished, evaluated)

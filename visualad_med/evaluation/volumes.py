@@ -283,8 +283,8 @@ def evaluate_volumes(
         "scans": tally.rows, "failed": [p.scan.name for p in pairs if p.scan.name not in
                                         {row["scan"] for row in tally.rows}],
         "model": {"backbone": model.config.backbone, "image_size": model.config.image_size,
-                  "taps": list(model.config.taps), "scoring": model.settings.scoring,
-                  "map_reference": model.settings.map_reference, **_head_identity(model, head)},
+                  "taps": list(model.config.taps), "scoring": settings.map_settings(model).scoring,
+                  "map_reference": settings.map_settings(model).map_reference, **_head_identity(model, head)},
         "cohort": run.cohort,
         "settings": {"planes": list(settings.planes), "window": settings.window, "batch_size": settings.batch_size},
         "environment": _environment(device), "command": list(command or []),

@@ -261,6 +261,7 @@ class CohortScoring:
             fused = smooth_across_slices(fused, torch.from_numpy(entry.indices), self._depth_sigma(loaded, inferer))
         row_of = {int(index): row for row, index in enumerate(entry.indices)}
         model = self.model
+        map_reference = inferer.settings.map_settings(model).map_reference
 
         def step(images: torch.Tensor, indices: torch.Tensor) -> dict:
             missing = [int(i) for i in indices if int(i) not in row_of]
@@ -269,7 +270,7 @@ class CohortScoring:
                                    "changed since its features were stored")
             rows = fused[[row_of[int(i)] for i in indices]]
             with torch.inference_mode():
-                maps = patch_maps(model, rows, images)
+                maps = patch_maps(model, rows, images, map_reference)
             return {"map": maps, "score": top_fraction_mean(maps)}
 
         scan = loaded.scan

@@ -15,6 +15,7 @@ from visualad_med.io.images import letterbox_image, read_rgb
 from visualad_med.io.writers import write_json
 from visualad_med.model.cohort import COHORT_THRESHOLD, CohortSettings, fuse_patch_scores, head_patch_scores
 from visualad_med.model.cohort import image_cohort_scores, patch_maps
+from visualad_med.model.map_settings import MapSettings
 from visualad_med.model.mutual import stack_features
 from visualad_med.model.torch_model import VisualAD, top_fraction_mean
 from visualad_med.io.overlay import heat_overlay, save_png
@@ -23,12 +24,15 @@ from visualad_med.model.devices import autocast
 logger = logging.getLogger(__name__)
 
 
-def predict_image(model: VisualAD, rgb: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
+def predict_image(model: VisualAD, rgb: np.ndarray, device: torch.device,
+                  map_settings: MapSettings | None = None) -> tuple[np.ndarray, float]:
     """Anomaly map and score of one image.
 
     Args:
         model: in eval mode, on ``device``.
         rgb: ``(H, W, 3)`` uint8.
+        device: where the model runs.
+        map_settings: the run's map settings; default the model's own.
 
     Returns:
         ``(map, score)``: the ``(H, W)`` float32 smoothed map, computed at model
@@ -38,7 +42,7 @@ def predict_image(model: VisualAD, rgb: np.ndarray, device: torch.device) -> tup
     config = model.config
     image, (top, left, height, width) = letterbox_image(rgb, config.image_size, config.mean, config.std)
     with torch.inference_mode(), autocast(device):
-        outputs = model(image[None].to(device))
+        outputs = model(image[None].to(device), settings=map_settings)
     shown = outputs["map"].float()[:, top:top + height, left:left + width]
     resized = F.interpolate(shown[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)
     return resized[0, 0].cpu().numpy(), float(outputs["score"][0])
@@ -71,7 +75,7 @@ def _stem(path: Path, parents: int) -> str:
 
 
 def predict_files(model: VisualAD, paths: list[Path], out_dir: Path, device: torch.device,
-                  cohort: CohortSettings | None = None) -> tuple[int, int]:
+                  cohort: CohortSettings | None = None, map_settings: MapSettings | None = None) -> tuple[int, int]:
     """Write ``<stem>_overlay.png`` and ``<stem>.json`` for every image; returns ``(succeeded, failed)``.
 
     Stems are :func:`output_stems` (distinct when file names collide). An unreadable image (missing,
@@ -79,7 +83,9 @@ def predict_files(model: VisualAD, paths: list[Path], out_dir: Path, device: tor
     reason and skipped. With ``cohort`` the images are one kind (one cohort): each is scored against the
     others (or a reference bank) and fused with the head as ``cohort.scoring`` says
     (:func:`predict_cohort`); fewer than two readable images without a bank are scored by the head alone.
+    ``map_settings`` are the run's (scoring, map reference); default the model's own.
     """
+    map_settings = map_settings or model.settings
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device).eval()
     named = list(zip(paths, output_stems(paths)))
@@ -87,14 +93,14 @@ def predict_files(model: VisualAD, paths: list[Path], out_dir: Path, device: tor
     if cohort is not None:
         readable = [(path, stem) for path, stem, _ in _read(named, failed)]
         if len(readable) >= 2 or cohort.bank is not None:
-            predicted = predict_cohort(model, readable, device, cohort)
+            predicted = predict_cohort(model, readable, device, cohort, map_settings.map_reference)
             threshold = COHORT_THRESHOLD
         else:
             logger.warning("%d readable image(s): a cohort needs two or more; scored by the head alone",
                            len(readable))
             cohort, named = None, readable
     if cohort is None:
-        predicted = ((path, stem, rgb, *predict_image(model, rgb, device))
+        predicted = ((path, stem, rgb, *predict_image(model, rgb, device, map_settings))
                      for path, stem, rgb in _read(tqdm(named, desc="images", unit="img"), failed))
         threshold = model.threshold
     succeeded = 0
@@ -106,7 +112,7 @@ def predict_files(model: VisualAD, paths: list[Path], out_dir: Path, device: tor
             "threshold": threshold,
             "anomalous": score > threshold,
             "anomalous_fraction": float((anomaly_map > threshold).mean()),
-            "scoring": model.settings.scoring if cohort is None else cohort.scoring,
+            "scoring": map_settings.scoring if cohort is None else cohort.scoring,
             "cohort": None if cohort is None else {**cohort.describe(model), "images": len(readable)},
             "backbone": model.config.backbone,
             "backbone_sha256": model.config.weights_sha256,
@@ -132,7 +138,7 @@ def _read(named, failed: list[Path]):
 
 
 def predict_cohort(model: VisualAD, images: list[tuple[Path, str]], device: torch.device,
-                   cohort: CohortSettings, batch_size: int = 16):
+                   cohort: CohortSettings, map_reference: str, batch_size: int = 16):
     """Yield ``(path, stem, rgb, map, score)`` of ``(path, output stem)`` images scored as one cohort.
 
     Images are read twice (to extract, then to draw), so only one batch of pixels is held. Every image goes through the model once (its head patch scores and the compared blocks' features, half
@@ -140,7 +146,7 @@ def predict_cohort(model: VisualAD, images: list[tuple[Path, str]], device: torc
     other images (:func:`~visualad_med.model.cohort.image_cohort_scores`) are fused with the head's on the
     cohort's robust scale, so the map is in robust sd and :data:`~visualad_med.model.cohort.COHORT_THRESHOLD`
     is its threshold. Maps are made at model resolution, cropped to the image and resized to it, as
-    :func:`predict_image` does.
+    :func:`predict_image` does, referenced as ``map_reference`` (the run's) says.
     """
     config, layers = model.config, cohort.feature_layers(model)
     head, features, boxes = [], [], []
@@ -159,7 +165,7 @@ def predict_cohort(model: VisualAD, images: list[tuple[Path, str]], device: torc
         rgb = read_rgb(path)
         square, (top, left, height, width) = letterbox_image(rgb, config.image_size, config.mean, config.std)
         with torch.inference_mode():
-            maps = patch_maps(model, fused[index:index + 1], square[None])
+            maps = patch_maps(model, fused[index:index + 1], square[None], map_reference)
         shown = maps[:, top:top + height, left:left + width]
         resized = F.interpolate(shown[:, None].float(), size=rgb.shape[:2], mode="bilinear", align_corners=False)
         yield path, stem, rgb, resized[0, 0].numpy(), float(top_fraction_mean(maps)[0])

@@ -54,10 +54,10 @@ def settings_identity(model: VisualAD, settings: RunSettings, head_sha256: str |
     ``precision`` is the autocast ``settings.precision`` resolved to on the model's device
     (``SliceInferer.precision`` of :meth:`RunSettings.inferer`): ``auto`` runs bf16 or fp32 by device.
     """
-    config = model.config
+    config, chosen = model.config, settings.map_settings(model)
     key = {"head_sha256": head_sha256, "backbone": config.backbone, "backbone_sha256": config.weights_sha256,
-           "image_size": config.image_size, "taps": list(config.taps), "scoring": model.settings.scoring,
-           "selfsim_weight": model.settings.selfsim_weight, "map_reference": model.settings.map_reference,
+           "image_size": config.image_size, "taps": list(config.taps), "scoring": chosen.scoring,
+           "selfsim_weight": chosen.selfsim_weight, "map_reference": chosen.map_reference,
            "planes": list(settings.planes), "window": settings.window, "threshold": settings.mask_threshold(model),
            "skip_empty": settings.skip_empty, "map_dtype": settings.map_dtype,
            "precision": precision}

@@ -138,7 +138,8 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
         "anomalous_voxels": int(result.mask.count_nonzero()),  # sum() would copy the mask as int64 first
         "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,
                   "image_size": model.config.image_size, "taps": list(model.config.taps),
-                  "scoring": model.settings.scoring, "map_reference": model.settings.map_reference,
+                  "scoring": settings.map_settings(model).scoring,
+                  "map_reference": settings.map_settings(model).map_reference,
                   "head_sha256": head_sha256, "precision": scores.precision, "visualad_med": __version__},
         "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - begun, 3),
                     "write": round(finished - inferred, 3), "total": round(finished - started, 3),

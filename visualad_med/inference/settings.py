@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from visualad_med.errors import SettingError
+from visualad_med.model.map_settings import MapSettings
 
 if TYPE_CHECKING:
     from visualad_med.model.torch_model import VisualAD
@@ -52,6 +53,8 @@ class RunSettings:
             other's features.
         threshold_rule: the rule that set ``threshold`` (a cohort run's, from its null distribution);
             ``None`` when the user set it or the head's is used.
+        map: the run's map settings (scoring, map reference: ``model.settings.for_run(...)``), passed with
+            every call of the model; ``None``: the model's own.
 
     A field's default is the run's default (``RunSettings.batch_size`` is 8): the command line, the
     bundle and the slice inferer read it from here.
@@ -69,6 +72,7 @@ class RunSettings:
     preview: bool = False
     feature_store: str | None = None
     threshold_rule: str | None = None
+    map: MapSettings | None = None
 
     def __post_init__(self) -> None:
         """Check the settings before any scan is read, so a typo fails the run once, not every scan."""
@@ -94,6 +98,10 @@ class RunSettings:
 
         device = next(model.parameters()).device
         return SliceInferer(self, device)
+
+    def map_settings(self, model: VisualAD) -> MapSettings:
+        """The map settings the run passes to ``model``: :attr:`map`, else the model's own."""
+        return model.settings if self.map is None else self.map
 
     def mask_threshold(self, model: VisualAD) -> float:
         """The threshold on the map: these settings', else the model's calibrated one."""

@@ -188,7 +188,7 @@ class SliceInferer(Inferer):
 
         def step(images: torch.Tensor, indices: torch.Tensor) -> dict:
             with torch.inference_mode(), autocast(self.device, self.precision):
-                return network(images.to(self.device))
+                return network(images.to(self.device), settings=self.settings.map)
         return self.assemble(inputs, step, network.config.image_size, preprocessing)
 
     def assemble(self, inputs: MetaTensor, step: SliceStep, image_size: int,
@@ -231,7 +231,7 @@ class SliceInferer(Inferer):
             for batch in wanted.split(self.batch_size) if wanted.numel() else ():
                 called = time.perf_counter()
                 with torch.inference_mode(), autocast(self.device, self.precision):
-                    outputs = model(slices[batch].to(self.device), feature_layers=layers)
+                    outputs = model(slices[batch].to(self.device), feature_layers=layers, settings=self.settings.map)
                 features.append(stack_features(outputs["features"]).cpu().numpy())
                 head.append(head_patch_scores(outputs).cpu().numpy())
                 indices.append((start + info.indices[batch]).numpy())

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import torch
 
-MAP_REFERENCES = ("none", "body")
 BODY_LEVEL = 0.1
 """Body = grey level above this fraction of the image's brightest grey level (``grey = mean of RGB``)."""
 MIN_BODY_FRACTION = 0.01

@@ -38,8 +38,6 @@ SHIPPED_HEAD = "visualad_head.safetensors"
 """File name of the head shipped as package data (``visualad_med/model/heads/``), also the bundle's
 ``models/visualad_head.safetensors``."""
 CONFIG_KEY = "visualad_config"
-SCORINGS = ("visualad", "selfsim", "combined")
-"""How a head's map is made (see :class:`HeadConfig`)."""
 
 
 MODEL_FIELDS = ("backbone", "weights_sha256", "embed_dim", "depth", "patch_size", "image_size", "taps", "mean",

@@ -222,12 +222,13 @@ def smooth_across_slices(scores: torch.Tensor, indices: torch.Tensor, sigma_slic
     return ((weights / weights.sum(dim=1, keepdim=True)).float() @ scores.float())
 
 
-def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` patch scores of ``(B, 3, S, S)`` normalised images -> ``(B, S, S)`` maps, made like the head's."""
+def patch_maps(model: VisualAD, patch_scores: torch.Tensor, images: torch.Tensor, map_reference: str) -> torch.Tensor:
+    """``(B, N)`` patch scores of ``(B, 3, S, S)`` normalised images -> ``(B, S, S)`` maps, made like the head's
+    (``map_reference``: the run's, ``none`` or ``body``)."""
     side = images.shape[-1]
     grid = model.backbone.grid_for(images.shape[-2], side)
     maps = model.smoothing(upsample_scores(patch_scores.reshape(-1, *grid).float(), (images.shape[-2], side)))
-    if model.settings.map_reference == "body":
+    if map_reference == "body":
         maps = reference_to_body(maps, body_mask(images, model.config.mean, model.config.std))
     return maps
 

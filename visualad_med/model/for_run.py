@@ -1,4 +1,8 @@
-"""The model a run uses: a head file (or none) on a backbone, with the run's scoring and map reference."""
+"""The model a run uses: a head file (or none) on a backbone.
+
+The run's scoring and map reference are not set on it: a front-end makes them with
+``model.settings.for_run(scoring, map_reference)`` and passes them with each call.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,6 @@ def model_for_run(
     backbone: str | None = None,
     backbone_weights: str | Path | None = None,
     image_size: int | None = None,
-    scoring: str | None = None,
-    map_reference: str | None = None,
 ) -> VisualAD:
     """The model of ``visualad-med`` and of the bundle's configs, on the CPU.
 
@@ -31,8 +33,6 @@ def model_for_run(
         backbone: preset or timm ViT name; default the head's, else :data:`DEFAULT_BACKBONE`.
         backbone_weights: local weight file; ``random`` for smoke tests; default the preset's.
         image_size: input side in pixels of an untrained head (a head brings its own).
-        scoring: ``visualad``, ``selfsim`` or ``combined``; default the head's.
-        map_reference: ``none`` or ``body``; default the head's.
 
     Raises:
         HeadCheckpointError, BackboneWeightsError, SettingError: naming what cannot work.
@@ -41,11 +41,7 @@ def model_for_run(
         model = build_model(backbone or DEFAULT_BACKBONE, backbone_weights=backbone_weights, image_size=image_size)
     else:
         model = load_model(head, backbone=backbone, backbone_weights=backbone_weights)
-    if scoring:
-        model.set_scoring(scoring)
-    if map_reference:
-        model.set_map_reference(map_reference)
-    logger.info("model: backbone %s, image size %d, taps %s, scoring %s, map reference %s, head %s",
-                model.config.backbone, model.config.image_size, list(model.config.taps), model.settings.scoring,
-                model.settings.map_reference, head or UNTRAINED)
+    logger.info("model: backbone %s, image size %d, taps %s, head %s (scoring %s, map reference %s)",
+                model.config.backbone, model.config.image_size, list(model.config.taps), head or UNTRAINED,
+                model.settings.scoring, model.settings.map_reference)
     return model

@@ -1,18 +1,23 @@
 """What a run chooses about the model's map: scoring, map reference and threshold, apart from the checkpoint.
 
-A head records the settings its threshold was calibrated for (:class:`~visualad_med.model.checkpoint.HeadConfig`);
-a run starts from them and may choose others (``--scoring``, ``--map-reference``, ``--threshold``) without
-changing what the checkpoint says. Saving a head writes the settings in force into its config.
+A head records the settings its threshold was calibrated for (:class:`~visualad_med.model.checkpoint.HeadConfig`;
+the model's ``settings``). A run starts from them and may choose others (``--scoring``, ``--map-reference``):
+:meth:`MapSettings.for_run` makes the run's settings, which go with each call (``model(images, settings=...)``,
+:class:`~visualad_med.inference.settings.RunSettings`' ``map``) and never change the model. Training and
+calibration set the model's own, which a saved head records. No torch: the run settings hold one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from visualad_med.errors import SettingError
 
-from .body_reference import MAP_REFERENCES
-from .checkpoint import SCORINGS, HeadConfig
+from .scorings import MAP_REFERENCES, SCORINGS
+
+if TYPE_CHECKING:
+    from .checkpoint import HeadConfig
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,10 @@ class MapSettings:
         if self.map_reference not in MAP_REFERENCES:
             raise SettingError("map_reference", f"unknown map reference {self.map_reference!r}; valid: "
                                f"{', '.join(MAP_REFERENCES)}")
+
+    def for_run(self, scoring: str | None = None, map_reference: str | None = None) -> MapSettings:
+        """These settings with the run's ``scoring`` and ``map_reference`` where given (``None``: keep)."""
+        return replace(self, scoring=scoring or self.scoring, map_reference=map_reference or self.map_reference)
 
     @classmethod
     def of(cls, config: HeadConfig) -> MapSettings:

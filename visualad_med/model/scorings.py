@@ -3,6 +3,11 @@ them for ``--help``)."""
 
 UNTRAINED = "untrained"
 """The head choice (``--head``, the bundle's ``head`` key) for a fresh, untrained head."""
+SCORINGS = ("visualad", "selfsim", "combined")
+"""What one image's map sums: the head's patch scores, self-similarity, or both (a head records one)."""
+MAP_REFERENCES = ("none", "body")
+"""The map as the method makes it, or minus its median over the image's body
+(:mod:`~visualad_med.model.body_reference`)."""
 
 COHORT_SCORINGS = ("mutual", "visualad+mutual")
 """Scorings that compare an image with other images (a cohort or a reference bank)."""

@@ -61,8 +61,8 @@ class VisualAD(nn.Module):
     - ``patch_scores`` ``{tap: (B, h, w)}``: ``cos(SAF(p), a') - cos(SAF(p), n')``;
     - ``tokens`` ``{tap: (B, 2, D)}``: the SCA-refined anomaly and normal tokens.
 
-    ``settings.scoring`` (:class:`~visualad_med.model.map_settings.MapSettings`, the run's choice; the
-    head's own by default) chooses what ``map_raw`` sums: the method's patch scores
+    ``settings.scoring`` (:class:`~visualad_med.model.map_settings.MapSettings`: the call's ``settings``,
+    a run's choice; the model's own, the head's, by default) chooses what ``map_raw`` sums: the method's patch scores
     (``visualad``, the default and what training uses), training-free
     self-similarity (``selfsim``, :mod:`visualad_med.model.selfsim`), or
     ``combined``: ``visualad + selfsim_weight * selfsim``.
@@ -101,13 +101,16 @@ class VisualAD(nn.Module):
         return self.config.selfsim_layers or default_layers(self.backbone.depth)
 
     def set_scoring(self, scoring: str, weight: float | None = None) -> VisualAD:
-        """Choose ``visualad``, ``selfsim`` or ``combined`` scoring (and the combination weight)."""
+        """Set the model's own scoring (and combination weight): what calibration uses and a saved head records.
+
+        A run passes its choice per call instead (``model(images, settings=...)``).
+        """
         weight = self.settings.selfsim_weight if weight is None else float(weight)
         self.settings = replace(self.settings, scoring=scoring, selfsim_weight=weight)
         return self
 
     def set_map_reference(self, reference: str) -> VisualAD:
-        """Choose ``none`` (the method's map) or ``body`` (map minus its median over the image's body)."""
+        """Set the model's own map reference, ``none`` or ``body``: what training uses and a saved head records."""
         self.settings = replace(self.settings, map_reference=reference)
         return self
 
@@ -121,14 +124,13 @@ class VisualAD(nn.Module):
         self.config = replace(self.config, training=dict(provenance))
         return self
 
-    @property
-    def map_bound(self) -> float:
-        """Largest possible ``|map|`` under the current scoring and map reference."""
+    def map_bound(self, settings: MapSettings | None = None) -> float:
+        """Largest possible ``|map|`` under ``settings`` (default the model's own)."""
+        settings = settings or self.settings
         method = 2.0 * len(self.taps)
         selfsim = 2.0 * len(self.selfsim_layers)
-        scoring = self.settings.scoring
-        bound = {"visualad": method, "selfsim": selfsim}.get(scoring, method + self.settings.selfsim_weight * selfsim)
-        return 2.0 * bound if self.settings.map_reference == "body" else bound
+        bound = {"visualad": method, "selfsim": selfsim}.get(settings.scoring, method + settings.selfsim_weight * selfsim)
+        return 2.0 * bound if settings.map_reference == "body" else bound
 
     @property
     def threshold(self) -> float:
@@ -159,16 +161,19 @@ class VisualAD(nn.Module):
             raise ValueError(f"expected a float tensor of normalised images, got {images.dtype}")
         self.backbone.grid_for(images.shape[-2], images.shape[-1])
 
-    def forward(self, images: torch.Tensor, feature_layers: tuple[int, ...] = ()) -> dict:
+    def forward(self, images: torch.Tensor, feature_layers: tuple[int, ...] = (),
+                settings: MapSettings | None = None) -> dict:
         """See the class docstring for the returned keys and shapes.
 
         ``feature_layers`` adds ``features`` ``{layer: (B, N, D)}``: the frozen backbone's patch
         tokens after those blocks (for cohort and reference scoring, :mod:`visualad_med.model.mutual`).
+        ``settings`` are the run's map settings (:meth:`MapSettings.for_run`); default the model's own.
         """
         self.check_images(images)
+        settings = settings or self.settings
         batch, _, height, width = images.shape
         grid = self.backbone.grid_for(height, width)
-        scoring = self.settings.scoring
+        scoring = settings.scoring
         layers = self.selfsim_layers if scoring != "visualad" else ()
         tapped, anomaly, normal, frozen = self.backbone(images, tuple(sorted({*layers, *feature_layers})))
         tokens = torch.stack([anomaly, normal], dim=1)
@@ -184,10 +189,10 @@ class VisualAD(nn.Module):
         if layers:
             selfsim = sum(self_similarity_scores(frozen[layer][:, prefix:], self.config.selfsim_neighbours)
                           for layer in layers).reshape(batch, *grid)
-            scores = selfsim if scoring == "selfsim" else scores + self.settings.selfsim_weight * selfsim
+            scores = selfsim if scoring == "selfsim" else scores + settings.selfsim_weight * selfsim
         map_raw = upsample_scores(scores, (height, width))
         smoothed = self.smoothing(map_raw)
-        if self.settings.map_reference == "body":
+        if settings.map_reference == "body":
             smoothed = reference_to_body(smoothed, body_mask(images, self.config.mean, self.config.std))
         outputs = {
             "map_raw": map_raw,

@@ -57,7 +57,7 @@ def calibrate_threshold(
     ``max_images``, a seeded random subset is used (data sets are sorted by
     path, so their first images are often all of one kind).
     """
-    bound = model.map_bound
+    bound = model.map_bound()
     edges = np.linspace(-bound, bound, BINS + 1)
     positive = np.zeros(BINS, dtype=np.int64)
     negative = np.zeros(BINS, dtype=np.int64)
