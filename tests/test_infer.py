@@ -420,7 +420,7 @@ def test_a_torchrun_rank_without_scans_succeeds_with_an_empty_summary(tmp_path, 
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    steps = ScanSteps(refuse, lambda loaded: loaded, lambda result: {})
+    steps = ScanSteps(refuse, lambda loaded: loaded, lambda result, paths: {})
     written = run_scans(scans, tmp_path / "out", steps, progress=False)
     assert (written.succeeded, written.failed, written.best) == (0, 0, None)
     assert (tmp_path / "out" / "summary_rank1.csv").read_text().splitlines() == [",".join(

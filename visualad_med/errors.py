@@ -2,8 +2,9 @@
 
 Two families:
 
-* a setting that cannot work: :class:`SettingError` and its kinds (:class:`HeadCheckpointError`,
-  :class:`BackboneWeightsError`, :class:`ImgFocusUnavailable`). Each names its ``setting``, the library's
+* a setting that cannot work: :class:`SettingError` (a ``ValueError``; :class:`HeadCheckpointError` is one),
+  :class:`BackboneWeightsError` and :class:`ImgFocusUnavailable` (``RuntimeError``: the files are missing
+  or wrong, not the value). Each carries the ``setting`` to change, the library's
   name of it (``image_size``, ``taps``, ``planes``, ``window``, ``batch_size``, ``scoring``,
   ``map_reference``, ``input``, ``output``, ``synthetic``, ``augment``, ``head``, ``backbone_weights``,
   ``backbone``...); the command line turns it into a flag and ends the run, the bundle into a config key;

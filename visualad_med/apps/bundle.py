@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from visualad_med.errors import SettingError
+from visualad_med.errors import BackboneWeightsError, SettingError
 from visualad_med.inference.folder import find_folder_scans, run_folder
 from visualad_med.inference.settings import RunSettings
 from visualad_med.inference.slices import check_planes
@@ -46,7 +46,6 @@ from visualad_med.model.img_focus import cache_dir
 from visualad_med.model.map_settings import MapSettings
 from visualad_med.model.scorings import UNTRAINED
 from visualad_med.model.visualad import VisualAD
-from visualad_med.model.weights import BackboneWeightsError
 from visualad_med.transforms import resolve_window
 
 logger = logging.getLogger(__name__)

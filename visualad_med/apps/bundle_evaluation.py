@@ -5,8 +5,10 @@ The config has what MONAI's ``InferProperties`` ask of an ``eval`` workflow, so 
 
 - ``dataset``: :func:`evaluation_dataset`, the labelled 2D set (MVFA, meta.json, MVTec, VisA) at the
   model's input size, or, for ``layout`` ``msd`` or a ``labels_dir``, the scans with their label volumes;
-- ``inferer``: the :class:`~visualad_med.inference.slices.SliceInferer` that volumes go through (2D
-  images are whole slices already: :func:`visualad_med.evaluation.images.evaluate` batches them itself);
+- ``inferer``: the :class:`~visualad_med.inference.slices.SliceInferer` of the config's ``settings``
+  (:func:`~visualad_med.apps.bundle.run_settings`), which volumes go through inside
+  :func:`~visualad_med.inference.folder.run_folder` (2D images are whole slices already:
+  :func:`visualad_med.evaluation.images.evaluate` batches them itself);
 - ``evaluator``: :class:`LabelledSetEvaluator`, whose :meth:`~LabelledSetEvaluator.run` is ``run``.
 """
 
@@ -66,18 +68,17 @@ class LabelledSetEvaluator:
         settings: the run's settings of volumes (:func:`~visualad_med.apps.bundle.run_settings`).
         output_dir: output folder.
         dataset_dir, layout, split, classes: where ``dataset`` came from (recorded).
-        batch_size, overlays, workers, device: of the 2D evaluation.
+        overlays, workers, device: of the 2D evaluation (its batch size is ``settings.batch_size``).
         cohort_scoring: volumes: ``mutual`` etc. (see :func:`~visualad_med.apps.bundle.cohort_settings`).
     """
 
     def __init__(self, network: nn.Module, dataset, settings: RunSettings, output_dir, dataset_dir, layout: str,
-                 split: str = "test", classes: Sequence[str] | str | None = None, batch_size: int | None = None,
+                 split: str = "test", classes: Sequence[str] | str | None = None,
                  overlays: int = 8, workers: int = 0, device: str | torch.device = "auto",
                  cohort_scoring: str | None = None):
         self.network, self.dataset, self.settings = network, dataset, settings
         self.output_dir, self.dataset_dir, self.layout, self.split = output_dir, dataset_dir, layout, split
         self.classes = [classes] if isinstance(classes, str) else classes
-        self.batch_size = settings.batch_size if batch_size is None else batch_size
         self.overlays, self.workers, self.device, self.cohort_scoring = overlays, workers, device, cohort_scoring
 
     def run(self) -> dict:
@@ -95,7 +96,7 @@ class LabelledSetEvaluator:
         started = time.perf_counter()
         try:
             results = evaluate(unwrap(self.network), Path(self.dataset_dir), self.layout, Path(self.output_dir),
-                               split=self.split, classes=self.classes, batch_size=self.batch_size,
+                               split=self.split, classes=self.classes, batch_size=self.settings.batch_size,
                                overlays=self.overlays, device=resolve_device(self.device), num_workers=self.workers,
                                head=getattr(self.network, "head_path", None), command=command_line().split(" "),
                                map_settings=getattr(self.network, "map_settings", None))

@@ -22,9 +22,9 @@ import torch
 
 from visualad_med.apps.bundle import (BundleConfigError, command_line, labelled_dataset, model_error,
                                       resolve_device)
+from visualad_med.errors import BackboneWeightsError
 from visualad_med.model.for_run import DEFAULT_BACKBONE
 from visualad_med.model.visualad import VisualAD, build_model
-from visualad_med.model.weights import BackboneWeightsError
 from visualad_med.training import TrainConfig
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from visualad_med.inference.settings import RunSettings
 from visualad_med.model.presets import PRESETS
-from visualad_med.model.scorings import DEPTHS, INTENSITY_TERMS, MATCHES, UNTRAINED
+from visualad_med.model.scorings import DEPTHS, INTENSITY_TERMS, MATCHES, PRECISIONS, UNTRAINED
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,11 +115,10 @@ def _add_volume_arguments(parser: argparse.ArgumentParser, scope: str, threshold
                         "subdural, abdomen, liver, lung, bone, percentile, or WIDTH,LEVEL in HU")
     parser.add_argument("--planes", default=",".join(RunSettings.planes),
                         help=f"{scope}comma-separated planes; axial,coronal,sagittal averages the three (tri-planar)")
-    parser.add_argument("--precision", default=RunSettings.precision, choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default=RunSettings.precision, choices=PRECISIONS,
                         help=f"{scope}autocast of the model's forward pass; auto: bf16 where the device computes it "
                         "natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp16 on older GPUs and fp32 on "
-                        "other CPUs; bf16 moved the dev volumes' voxel AUROC/AP by at most 0.08 points from fp32 "
-                        "(README); the report records what ran")
+                        "other CPUs (why: README, precision); the report records what ran")
     parser.add_argument("--threshold", type=float, default=None, help=f"{scope}{threshold_help}")
     parser.add_argument("--feature-store", default=None,
                         help=f"{scope}cohort runs: folder of the feature store (each scan's slice features, half "
@@ -263,7 +262,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--augment", default=None,
                        help="polarity/background augmentations: invert, shrinkpad, or all (see visualad_med.training.augment)")
     train.add_argument("--augment-probability", type=float, default=0.5, help="chance of each augmentation")
-    train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    train.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="autocast of the forward pass: auto = bf16 on CUDA, fp32 on the CPU; bf16 on a CPU "
                        "with AVX512-BF16 is about 1.5x faster")
     train.add_argument("--map-reference", default="none", choices=["none", "body"],

@@ -11,7 +11,7 @@ from typing import Any
 
 _HOMES = {"RunSettings": "settings", "SliceInferer": "slices", "SliceScores": "slices", "run_folder": "folder"}
 
-__all__ = sorted(_HOMES)
+__all__ = ["RunSettings", "SliceInferer", "SliceScores", "run_folder"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""Folder runs: every scan of a folder through :func:`~visualad_med.inference.scan.run_scan` and its writers.
+"""Folder runs: every scan of a folder read, through the model (:mod:`~visualad_med.inference.scan`) and written
+(:mod:`~visualad_med.inference.outputs`).
 
 One :func:`run_folder` serves ``visualad-med infer``, the bundle's inference workflow and volume
 evaluation. It holds the output folder's lock (:mod:`visualad_med.io.folder_lock`: a second run on

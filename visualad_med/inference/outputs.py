@@ -131,11 +131,6 @@ INDEX_LINKS: tuple[tuple[str, str], ...] = tuple((output.key, output.label) for 
 """``(key, link text)`` of the outputs a row of ``index.html`` links to, in this order."""
 
 
-def report_path(out_dir: Path, name: str) -> Path:
-    """Where scan ``name``'s report is (it marks a finished scan)."""
-    return Path(out_dir) / f"{name}{SCAN_OUTPUTS[-1].suffix}"
-
-
 def output_paths(out_dir: Path, name: str, dicom: bool, preview: bool = False) -> dict[str, Path]:
     """The output files of scan ``name`` by key, in writing order, the report last.
 

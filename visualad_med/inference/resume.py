@@ -68,7 +68,7 @@ def why_not_done(paths: dict[str, Path], identity: dict | None) -> tuple[dict | 
     """``(report, None)`` for a scan done with this ``identity``, else ``(None, why)`` (``why`` ``None``: no report).
 
     Args:
-        paths: the scan's outputs (:func:`~visualad_med.inference.scan.output_paths`), the report last.
+        paths: the scan's outputs (:func:`~visualad_med.inference.outputs.output_paths`), the report last.
         identity: ``{"input": ..., "settings": ...}`` the scan has now; ``None`` compares neither.
     """
     report_path = paths["report"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from visualad_med.errors import SettingError
 from visualad_med.model.map_settings import MapSettings
+from visualad_med.model.scorings import PRECISIONS
 
 if TYPE_CHECKING:
     from visualad_med.model.torch_model import VisualAD
@@ -40,8 +41,8 @@ class RunSettings:
         overwrite: redo scans whose report already exists.
         skip_empty: leave slices without body out of the model (map 0, score absent).
         progress: show progress bars.
-        precision: autocast of the model (``auto``: bf16 where the device computes it natively, else
-            fp32 on the CPU; :func:`~visualad_med.model.devices.inference_precision`).
+        precision: autocast of the model (``auto``: bf16 where the device computes it natively, else fp16
+            on older GPUs and fp32 on other CPUs; :func:`~visualad_med.model.devices.inference_precision`).
         map_dtype: how the anomaly map file stores values (:data:`~visualad_med.io.writers.MAP_DTYPES`):
             ``int16`` (default: NIfTI scale over the map's range, about half a step of float32,
             less than half the size) or ``float32``. The mask and scores always come from the
@@ -89,6 +90,8 @@ class RunSettings:
                 raise SettingError("window", str(error)) from None
         if self.map_dtype not in MAP_DTYPES:
             raise SettingError("map_dtype", f"map_dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingError("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.batch_size < 1:
             raise SettingError("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -138,8 +138,7 @@ class SliceInferer(Inferer):
         settings: the run's settings (:class:`~visualad_med.inference.settings.RunSettings`): its planes (more
             than one averages the volumes), batch size (slices per model call), ``skip_empty`` (leave out
             slices without body: their map is 0, score ``None``), ``progress`` (a bar per plane) and
-            ``precision`` (autocast of the forward pass; ``auto``: bf16 where the device computes it
-            natively, else fp32 on the CPU, :func:`~visualad_med.model.devices.inference_precision`).
+            ``precision`` (autocast of the forward pass, :func:`~visualad_med.model.devices.inference_precision`).
             Default: ``RunSettings()``.
         device: where the model runs (inputs are moved there batch by batch).
         slab_slices: slices prepared at a time (bounds memory).

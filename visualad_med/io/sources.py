@@ -1,4 +1,5 @@
-"""What a scan is before it is read (:class:`ScanSource`) and how reading one fails (:class:`ScanLoadError`)."""
+"""What a scan is before it is read (:class:`ScanSource`); how reading one fails is
+:class:`~visualad_med.errors.ScanLoadError`."""
 
 from __future__ import annotations
 

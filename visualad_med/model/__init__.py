@@ -22,7 +22,7 @@ _EXPORTS = {
     "build_model": "visualad",
     "load_model": "visualad",
 }
-"""Each export and the submodule that defines it."""
+"""Each export and the submodule it is imported from (the error types are defined in :mod:`visualad_med.errors`)."""
 
 __all__ = sorted(_EXPORTS)
 

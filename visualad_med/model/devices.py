@@ -8,6 +8,8 @@ import torch
 
 from visualad_med.errors import SettingError
 
+from .scorings import PRECISIONS
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
@@ -19,7 +21,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:

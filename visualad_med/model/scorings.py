@@ -5,6 +5,8 @@ UNTRAINED = "untrained"
 """The head choice (``--head``, the bundle's ``head`` key) for a fresh, untrained head."""
 SCORINGS = ("visualad", "selfsim", "combined")
 """What one image's map sums: the head's patch scores, self-similarity, or both (a head records one)."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Autocast of the model's forward pass (:func:`~visualad_med.model.devices.resolve_precision`)."""
 MAP_REFERENCES = ("none", "body")
 """The map as the method makes it, or minus its median over the image's body
 (:mod:`~visualad_med.model.body_reference`)."""
