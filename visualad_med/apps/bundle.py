@@ -336,7 +336,7 @@ class ScanFolderEvaluator:
                          where=self.output_dir)
         if run.failed:
             raise BundleRunError(f"{run.failed} of {run.succeeded + run.failed} scans failed (reasons above and in "
-                                 f"{self.output_dir / 'summary.csv'})")
+                                 f"{run.scans.summary})")
         return run.succeeded, run.failed
 
 
