@@ -78,7 +78,7 @@ def infer_scan(model: VisualAD, loaded: LoadedScan, settings: RunSettings,
                inferer: SliceInferer | None = None) -> ScanResult:
     """Run the model over a loaded scan's slices and threshold the map; raises on failure.
 
-    ``inferer`` defaults to ``settings.inferer(model)``.
+    ``inferer`` is ``settings.inferer(model)``, made here unless a folder run passes the one it built once.
     """
     begun = time.perf_counter()
     scan = loaded.scan
