@@ -276,6 +276,7 @@ def evaluate_volumes(
     failed = run.failed
     pooled = tally.pooled() if tally.rows else dict.fromkeys(VOLUME_METRICS, math.nan)
     device = next(model.parameters()).device
+    chosen = settings.map_settings(model)
     results = {
         "format": FORMAT, "protocol": PROTOCOL, "data": data, "threshold": run.threshold,
         "counts": {"listed": len(pairs), "evaluated": len(tally.rows), "failed": failed},
@@ -283,8 +284,8 @@ def evaluate_volumes(
         "scans": tally.rows, "failed": [p.scan.name for p in pairs if p.scan.name not in
                                         {row["scan"] for row in tally.rows}],
         "model": {"backbone": model.config.backbone, "image_size": model.config.image_size,
-                  "taps": list(model.config.taps), "scoring": settings.map_settings(model).scoring,
-                  "map_reference": settings.map_settings(model).map_reference, **_head_identity(model, head)},
+                  "taps": list(model.config.taps), "scoring": chosen.scoring,
+                  "map_reference": chosen.map_reference, **_head_identity(model, head)},
         "cohort": run.cohort,
         "settings": {"planes": list(settings.planes), "window": settings.window, "batch_size": settings.batch_size},
         "environment": _environment(device), "command": list(command or []),

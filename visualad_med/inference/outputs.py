@@ -129,6 +129,7 @@ SCAN_OUTPUTS: tuple[ScanOutput, ...] = (
 
 INDEX_LINKS: tuple[tuple[str, str], ...] = tuple((output.key, output.label) for output in SCAN_OUTPUTS if output.label)
 """``(key, link text)`` of the outputs a row of ``index.html`` links to, in this order."""
+_BY_KEY = {output.key: output for output in SCAN_OUTPUTS}
 
 
 def output_paths(out_dir: Path, name: str, dicom: bool, preview: bool = False) -> dict[str, Path]:
@@ -159,19 +160,18 @@ def write_scan_outputs(model: VisualAD, result: ScanResult, paths: dict[str, Pat
         extra_report: keys added to (or replacing those of) the report.
     """
     scan = result.scan
-    declared = {output.key: output for output in SCAN_OUTPUTS}
     not_written = {}
     for key, path in paths.items():
-        output = declared[key]
-        problem = output.unwritable(scan) if output.unwritable is not None else None
+        unwritable = _BY_KEY[key].unwritable
+        problem = unwritable(scan) if unwritable is not None else None
         if problem is not None:
             logger.warning("%s: %s not written: %s; the other outputs are written", scan.source.name, path.name, problem)
             path.unlink(missing_ok=True)
             not_written[key] = problem
     written = {key: path for key, path in paths.items() if key not in not_written}
     for key, path in written.items():
-        if declared[key].write is not None:
-            declared[key].write(result, path, settings)
+        if _BY_KEY[key].write is not None:
+            _BY_KEY[key].write(result, path, settings)
     report = {**scan_report(model, result, settings, head_sha256, time.perf_counter()),
               "outputs": {key: path.name for key, path in written.items()}, "not_written": not_written,
               **(extra_report or {})}

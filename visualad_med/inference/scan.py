@@ -116,6 +116,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
     started, loaded, begun, inferred = result.times
     affine = scan.volume.affine.numpy()
     source = scan.source
+    chosen = settings.map_settings(model)
     return {
         "report_schema": REPORT_SCHEMA,
         "scan": source.name,
@@ -138,8 +139,7 @@ def scan_report(model: VisualAD, result: ScanResult, settings: RunSettings, head
         "anomalous_voxels": int(result.mask.count_nonzero()),  # sum() would copy the mask as int64 first
         "model": {"backbone": model.config.backbone, "backbone_sha256": model.config.weights_sha256,
                   "image_size": model.config.image_size, "taps": list(model.config.taps),
-                  "scoring": settings.map_settings(model).scoring,
-                  "map_reference": settings.map_settings(model).map_reference,
+                  "scoring": chosen.scoring, "map_reference": chosen.map_reference,
                   "head_sha256": head_sha256, "precision": scores.precision, "visualad_med": __version__},
         "seconds": {"load": round(loaded - started, 3), "inference": round(inferred - begun, 3),
                     "write": round(finished - inferred, 3), "total": round(finished - started, 3),
